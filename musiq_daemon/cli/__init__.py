@@ -1,0 +1,59 @@
+"""The ``musiqd`` command. Thin: each command module parses options, calls the library, prints.
+
+Exit codes: 0 success; 1 some photos failed; 2 bad usage or configuration; 3 model or checkpoint
+problem; 4 unreadable image; 5 device unavailable; 6 conversion failed; 7 download failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from musiq_daemon import __version__
+from musiq_daemon.cli import models as models_cmd
+from musiq_daemon.cli import score as score_cmd
+from musiq_daemon.errors import MusiqError
+
+app = typer.Typer(
+    name="musiqd",
+    help=__doc__,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(models_cmd.app, name="models")
+app.command("score")(score_cmd.score)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"musiqd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (device choice, timings)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main() -> None:
+    # TensorFlow (only imported by `models convert`) is noisy on stderr.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        app()
+    except MusiqError as exc:
+        typer.echo(f"musiqd: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("musiqd: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,69 @@
+"""Errors that reach users.
+
+Every error a user can cause (a bad file, a bad option, a missing model) is a :class:`MusiqError`: its
+message is one line that says what went wrong and how to fix it. The CLI prints that line and exits
+with :attr:`MusiqError.exit_code`; it never shows a traceback for one of these.
+"""
+
+from __future__ import annotations
+
+
+class MusiqError(Exception):
+    """Base class: a one-line, user-facing message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(MusiqError):
+    """A bad option, argument or configuration value."""
+
+    exit_code = 2
+
+
+class CheckpointError(MusiqError):
+    """A checkpoint file is missing, truncated, not an npz, or not a MUSIQ checkpoint of the expected kind."""
+
+    exit_code = 3
+
+
+class ModelNotInstalledError(MusiqError):
+    """A model was asked for that has not been converted/installed in the model directory."""
+
+    exit_code = 3
+
+
+class ModelFileError(MusiqError):
+    """An installed .tflite model (or its metadata) is unreadable or inconsistent."""
+
+    exit_code = 3
+
+
+class DecodeError(MusiqError):
+    """An image file could not be read or decoded (corrupt, truncated, unsupported, too large)."""
+
+    exit_code = 4
+
+
+class DeviceError(MusiqError):
+    """The requested inference device is not available."""
+
+    exit_code = 5
+
+
+class ConversionError(MusiqError):
+    """Converting a checkpoint to TFLite failed (or the `convert` extra is not installed)."""
+
+    exit_code = 6
+
+
+class DownloadError(MusiqError):
+    """Fetching an official checkpoint failed (offline, HTTP error, checksum mismatch)."""
+
+    exit_code = 7

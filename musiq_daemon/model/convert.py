@@ -1,0 +1,430 @@
+"""Turn MUSIQ parameters into a LiteRT ``.tflite`` model (fp32, fp16 or dynamic-range int8).
+
+The forward pass is written with plain TensorFlow ops (no Keras layers) so that every op lowers to a
+builtin TFLite op that XNNPACK runs: the runtime has no Flex (Select-TF) kernels. Choices that keep it
+that way, and keep the exported graph equal to the official model:
+
+* The embedding look-ups (spatial hash, scale id) are one-hot rows times a table - an exact fully-connected
+  op - instead of GATHER, which XNNPACK does not delegate and which would split the graph.
+* GroupNorm reduces over (pixels, channels-in-group) of a reshaped tensor; the StdConv weight
+  standardisation and the 1/sqrt(head_dim) query scale are folded into the exported weights.
+* Padding rows (mask 0) are hidden from attention by an additive bias on their keys, so a padded input
+  gives the output of the unpadded one (the runtime pads to bucketed lengths).
+* The last encoder block only computes the CLS row after its attention keys/values, because the head
+  reads nothing else (per-token ops make this exact).
+
+TensorFlow is imported lazily, only here: the scoring runtime never needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import musiq_daemon
+from musiq_daemon.errors import ConversionError
+from musiq_daemon.model.checkpoint import STD_CONV_KERNELS, standardize_kernel
+from musiq_daemon.model.config import (
+    HASH_GRID,
+    NUM_SCALES,
+    PATCH_SIZE,
+    STEM_OUT_CHANNELS,
+    TOKEN_DIM,
+    TOKEN_PIXELS,
+    MusiqConfig,
+    expected_shapes,
+)
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("fp32", "fp16", "dynamic-int8")
+
+#: Keys the caller must supply in ``metadata``: they make every score traceable to its source weights.
+REQUIRED_METADATA = ("model_id", "checkpoint_file", "checkpoint_sha256")
+
+INPUT_LAYOUT = (
+    f"float32 [1, N, {TOKEN_DIM}], N dynamic; one row per token: {TOKEN_PIXELS} pixel values in [-1, 1] "
+    f"({PATCH_SIZE}x{PATCH_SIZE}x3 in row, column, channel order), spatial hash index "
+    f"(0..{HASH_GRID * HASH_GRID - 1}), scale id (0..{NUM_SCALES - 1}), mask (1 token, 0 padding)"
+)
+OUTPUT_LAYOUT = (
+    "float32 [1, num_classes]: the head output (a MOS for 1 class, logits over score bins 1..10 for 10)"
+)
+
+_TF_MISSING = "converting needs TensorFlow: pip install 'musiq-daemon[convert]'"
+
+# GroupNorm: 32 groups everywhere; the root norm uses flax's default epsilon, the bottleneck unit 1e-4.
+_GN_GROUPS = 32
+_GN_EPS_ROOT = 1e-6
+_GN_EPS_UNIT = 1e-4
+_LN_EPS = 1e-6
+# Added to the attention logits of padding keys. The official model uses -1e10; any value that drives
+# exp() to exactly zero behaves the same, and this one survives the fp16 weight conversion (1e10 would
+# become inf there, and 0 * inf = NaN for the real tokens).
+_MASK_BIAS = -3.0e4
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A converted model: the ``.tflite`` file, its JSON description and what that JSON holds."""
+
+    path: Path
+    metadata_path: Path
+    variant: str
+    metadata: Mapping[str, Any] = field(hash=False)
+
+
+def convert_checkpoint(
+    params: Mapping[str, npt.NDArray[np.float32]],
+    config: MusiqConfig,
+    *,
+    variant: str,
+    out_path: Path,
+    metadata: Mapping[str, object],
+) -> ModelInfo:
+    """Convert MUSIQ ``params`` (keys without ``opt/target/``) to ``out_path`` plus ``<stem>.json``.
+
+    ``metadata`` must name the model and its source checkpoint (:data:`REQUIRED_METADATA`); anything else
+    in it is recorded too. Raises :class:`ConversionError` (one line) on any failure.
+    """
+    if variant not in VARIANTS:
+        raise ConversionError(f"unknown model variant '{variant}': choose one of {', '.join(VARIANTS)}")
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ConversionError(f"conversion metadata lacks {', '.join(missing)}")
+    _check_params(params, config)
+    tf = _import_tensorflow()
+
+    started = time.monotonic()
+    with _quiet_tensorflow(tf):
+        flatbuffer = _convert(tf, _export_weights(params, config), config, variant)
+    _check_builtin_only(flatbuffer)
+    _smoke_test(flatbuffer, config)
+    seconds = time.monotonic() - started
+
+    record: dict[str, Any] = {
+        "model_id": metadata["model_id"],
+        "variant": variant,
+        "num_classes": config.num_classes,
+        "config": asdict(config),
+        "checkpoint_file": metadata["checkpoint_file"],
+        "checkpoint_sha256": metadata["checkpoint_sha256"],
+        "musiq_daemon_version": musiq_daemon.__version__,
+        "tensorflow_version": tf.__version__,
+        "tflite_file": out_path.name,
+        "tflite_sha256": hashlib.sha256(flatbuffer).hexdigest(),
+        "tflite_size": len(flatbuffer),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "conversion_seconds": round(seconds, 1),
+        "input": INPUT_LAYOUT,
+        "output": OUTPUT_LAYOUT,
+    }
+    for key, value in metadata.items():
+        if key in record and record[key] != value:
+            raise ConversionError(f"conversion metadata '{key}' contradicts the converted model")
+        record[key] = value
+
+    metadata_path = out_path.with_suffix(".json")
+    try:
+        _write_atomically(out_path, flatbuffer)
+        text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+        _write_atomically(metadata_path, text.encode("utf-8"))
+    except OSError as exc:
+        raise ConversionError(f"cannot write {out_path}: {exc}") from None
+    log.info(
+        "converted %s (%s): %.1f MB in %.0f s", record["model_id"], variant, len(flatbuffer) / 1e6, seconds
+    )
+    return ModelInfo(
+        path=out_path, metadata_path=metadata_path, variant=variant, metadata=MappingProxyType(record)
+    )
+
+
+def _check_params(params: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig) -> None:
+    for key, shape in expected_shapes(config).items():
+        if key not in params:
+            raise ConversionError(f"parameter {key} is missing for {config}")
+        if tuple(params[key].shape) != shape:
+            raise ConversionError(f"parameter {key} has shape {params[key].shape}, expected {shape}")
+
+
+def _import_tensorflow() -> Any:
+    # TF reads this once, when its native logging starts: it has to be set before the import. Level 2
+    # drops INFO and WARNING lines (a dozen per conversion) and keeps errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ConversionError(_TF_MISSING) from None
+    return tf
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow(tf: Any) -> Iterator[None]:
+    """Lower TF's Python-side loggers to ERROR for the duration of a conversion."""
+    loggers = [tf.get_logger(), logging.getLogger("absl")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def _export_weights(
+    params: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The tensors the exported graph uses: checkpoint weights rearranged for plain matmuls."""
+    p = {key: np.asarray(value, dtype=np.float32) for key, value in params.items()}
+    w: dict[str, npt.NDArray[np.float32]] = {}
+    for key in STD_CONV_KERNELS:
+        w[key] = standardize_kernel(p[key]).astype(np.float32)
+    for key in expected_shapes(config):
+        if key.startswith(("gn_", "block1/")) and not key.endswith("kernel"):
+            w[key] = p[key].reshape(-1)  # (1,1,1,C) -> (C,): broadcasts over NHWC
+    w["embedding/kernel"] = p["embedding/kernel"]
+    w["embedding/bias"] = p["embedding/bias"]
+    # One table for both look-ups: rows 0..99 spatial hash, then one row per scale.
+    w["lookup"] = np.concatenate(
+        [
+            p["Transformer/posembed_input/pos_embedding"][0],
+            p["Transformer/scaleembed_input/scale_embedding"][0],
+        ]
+    )
+    w["cls"] = p["Transformer/cls"].reshape(1, -1)
+
+    h = config.hidden_size
+    query_scale = np.float32(1.0 / np.sqrt(config.head_dim))  # a power of two for 64: folding is exact
+    for i in range(config.num_layers):
+        src = f"Transformer/encoderblock_{i}/"
+        att = f"{src}MultiHeadDotProductAttention_1/"
+        dst = f"block{i}/"
+        for ln in ("LayerNorm_0", "LayerNorm_2"):
+            w[f"{dst}{ln}/scale"] = p[f"{src}{ln}/scale"]
+            w[f"{dst}{ln}/bias"] = p[f"{src}{ln}/bias"]
+        # Heads side by side: (hidden, heads, head_dim) -> (hidden, heads * head_dim).
+        w[f"{dst}query/kernel"] = p[f"{att}query/kernel"].reshape(h, h) * query_scale
+        w[f"{dst}query/bias"] = p[f"{att}query/bias"].reshape(h) * query_scale
+        # Keys and values in one matmul: one pass over the activations instead of two.
+        w[f"{dst}kv/kernel"] = np.concatenate(
+            [p[f"{att}key/kernel"].reshape(h, h), p[f"{att}value/kernel"].reshape(h, h)], axis=1
+        )
+        w[f"{dst}kv/bias"] = np.concatenate(
+            [p[f"{att}key/bias"].reshape(h), p[f"{att}value/bias"].reshape(h)]
+        )
+        w[f"{dst}out/kernel"] = p[f"{att}out/kernel"].reshape(h, h)
+        w[f"{dst}out/bias"] = p[f"{att}out/bias"]
+        for dense in ("Dense_0", "Dense_1"):
+            w[f"{dst}{dense}/kernel"] = p[f"{src}MlpBlock_3/{dense}/kernel"]
+            w[f"{dst}{dense}/bias"] = p[f"{src}MlpBlock_3/{dense}/bias"]
+    w["encoder_norm/scale"] = p["Transformer/encoder_norm/scale"]
+    w["encoder_norm/bias"] = p["Transformer/encoder_norm/bias"]
+    w["head/kernel"] = p["head/kernel"]
+    w["head/bias"] = p["head/bias"]
+    return w
+
+
+# ----------------------------------------------------------------------------------------------- graph
+
+
+def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig) -> Any:
+    """A ``tf.Module`` whose ``serve`` maps tokens [1, N, 3075] to the head output [1, num_classes]."""
+    heads, head_dim, hidden = config.num_heads, config.head_dim, config.hidden_size
+    lookup_ids = np.arange(HASH_GRID * HASH_GRID + NUM_SCALES, dtype=np.float32)
+    scale_offset = np.float32(HASH_GRID * HASH_GRID)
+
+    def const(key: str) -> Any:
+        return tf.constant(weights[key])
+
+    def group_norm(x: Any, prefix: str, eps: float) -> Any:
+        _, height, width, channels = x.shape
+        grouped = tf.reshape(x, [-1, height * width, _GN_GROUPS, channels // _GN_GROUPS])
+        centred = grouped - tf.reduce_mean(grouped, axis=[1, 3], keepdims=True)
+        variance = tf.reduce_mean(tf.square(centred), axis=[1, 3], keepdims=True)
+        normed = tf.reshape(centred * tf.math.rsqrt(variance + eps), [-1, height, width, channels])
+        return normed * const(f"{prefix}/scale") + const(f"{prefix}/bias")
+
+    def conv(x: Any, key: str, stride: int) -> Any:
+        return tf.nn.conv2d(x, const(key), strides=stride, padding="SAME")
+
+    def layer_norm(x: Any, prefix: str) -> Any:
+        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        variance = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+        return centred * tf.math.rsqrt(variance + _LN_EPS) * const(f"{prefix}/scale") + const(
+            f"{prefix}/bias"
+        )
+
+    def dense(x: Any, prefix: str) -> Any:
+        return tf.matmul(x, const(f"{prefix}/kernel")) + const(f"{prefix}/bias")
+
+    def split_heads(x: Any) -> Any:  # [T, hidden] -> [heads, T, head_dim]
+        return tf.transpose(tf.reshape(x, [-1, heads, head_dim]), [1, 0, 2])
+
+    def stem(pixels: Any) -> Any:  # [N, 32, 32, 3] -> [N, 16384]
+        x = tf.nn.relu(group_norm(conv(pixels, "conv_root/kernel", 2), "gn_root", _GN_EPS_ROOT))
+        x = tf.nn.max_pool2d(x, ksize=3, strides=2, padding="SAME")
+        unit = "block1/unit1/"
+        residual = group_norm(conv(x, f"{unit}conv_proj/kernel", 1), f"{unit}gn_proj", _GN_EPS_UNIT)
+        y = tf.nn.relu(group_norm(conv(x, f"{unit}conv1/kernel", 1), f"{unit}gn1", _GN_EPS_UNIT))
+        y = tf.nn.relu(group_norm(conv(y, f"{unit}conv2/kernel", 1), f"{unit}gn2", _GN_EPS_UNIT))
+        y = group_norm(conv(y, f"{unit}conv3/kernel", 1), f"{unit}gn3", _GN_EPS_UNIT)
+        x = tf.nn.relu(residual + y)
+        return tf.reshape(x, [-1, x.shape[1] * x.shape[2] * STEM_OUT_CHANNELS])
+
+    def encoder_block(x: Any, key_bias: Any, prefix: str, cls_only: bool) -> Any:
+        h = layer_norm(x, f"{prefix}LayerNorm_0")
+        kv = dense(h, f"{prefix}kv")
+        keys, values = split_heads(kv[:, :hidden]), split_heads(kv[:, hidden:])
+        if cls_only:
+            x, h = x[:1], h[:1]
+        queries = split_heads(dense(h, f"{prefix}query"))
+        attention = tf.nn.softmax(tf.matmul(queries, keys, transpose_b=True) + key_bias, axis=-1)
+        context = tf.reshape(tf.transpose(tf.matmul(attention, values), [1, 0, 2]), [-1, hidden])
+        x = x + dense(context, f"{prefix}out")
+        h = layer_norm(x, f"{prefix}LayerNorm_2")
+        h = tf.nn.gelu(dense(h, f"{prefix}Dense_0"), approximate=True)
+        return x + dense(h, f"{prefix}Dense_1")
+
+    def forward(tokens: Any) -> Any:
+        rows = tokens[0]  # [N, 3075]
+        pixels = tf.reshape(rows[:, :TOKEN_PIXELS], [-1, PATCH_SIZE, PATCH_SIZE, 3])
+        spatial = rows[:, TOKEN_PIXELS : TOKEN_PIXELS + 1]
+        scale = rows[:, TOKEN_PIXELS + 1 : TOKEN_PIXELS + 2] + scale_offset
+        mask = rows[:, TOKEN_PIXELS + 2 : TOKEN_PIXELS + 3]
+        # Exact one-hot rows from float ids: relu(1 - |id - j|) is 1 at j == id and 0 elsewhere.
+        onehot = tf.nn.relu(1.0 - tf.abs(spatial - lookup_ids)) + tf.nn.relu(1.0 - tf.abs(scale - lookup_ids))
+        x = dense(stem(pixels), "embedding") + tf.matmul(onehot, const("lookup"))
+        x = tf.concat([const("cls"), x], axis=0)
+        # The CLS token is always attended to; padding keys get a large negative logit.
+        key_bias = tf.reshape((1.0 - mask) * _MASK_BIAS, [1, 1, -1])
+        key_bias = tf.concat([tf.zeros([1, 1, 1]), key_bias], axis=2)
+        for i in range(config.num_layers):
+            x = encoder_block(x, key_bias, f"block{i}/", cls_only=i == config.num_layers - 1)
+        return dense(layer_norm(x[:1], "encoder_norm"), "head")
+
+    class MusiqModule(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec([1, None, TOKEN_DIM], tf.float32, name="tokens")])
+        def serve(self, tokens: Any) -> Any:
+            return forward(tokens)
+
+    return MusiqModule()
+
+
+def _convert(
+    tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig, variant: str
+) -> bytes:
+    module = _build_module(tf, weights, config)
+    try:
+        function = module.serve.get_concrete_function()
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+        # Builtin ops only: LiteRT ships no Flex kernels, so a Flex op would only fail later, at load time.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if variant == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif variant == "dynamic-int8":
+            # No representative dataset: int8 weights, float activations quantized on the fly.
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        flatbuffer = converter.convert()
+    except Exception as exc:  # the converter raises a zoo of types, often with pages of MLIR dump
+        raise ConversionError(f"TFLite conversion ({variant}) failed: {_first_line(exc)}") from None
+    return bytes(flatbuffer)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------- verification
+
+
+def model_ops(flatbuffer: bytes) -> list[str]:
+    """The distinct op names in a ``.tflite`` flatbuffer (custom ops by their custom code)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    ops: set[str] = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # Newer files keep the op in BuiltinCode; DeprecatedBuiltinCode saturates at 127 (PLACEHOLDER).
+        builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            ops.add(bytes(code.CustomCode() or b"").decode("utf-8", "replace") or "CUSTOM")
+        else:
+            ops.add(names.get(builtin, f"BUILTIN_{builtin}"))
+    return sorted(ops)
+
+
+def _check_builtin_only(flatbuffer: bytes) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    builtin = set(vars(schema.BuiltinOperator)) - {"CUSTOM"}
+    foreign = [op for op in model_ops(flatbuffer) if op not in builtin]
+    if foreign:
+        raise ConversionError(
+            f"converted model needs non-builtin ops ({', '.join(foreign)}): LiteRT cannot run it"
+        )
+
+
+def _smoke_test(flatbuffer: bytes, config: MusiqConfig) -> None:
+    """Load and run the model in the LiteRT runtime that will score with it.
+
+    The converter can emit op versions newer than the runtime knows; that surfaces here, at conversion,
+    instead of at the first photo.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    tokens = np.zeros((1, 2, TOKEN_DIM), dtype=np.float32)
+    tokens[0, :, -1] = 1.0
+    try:
+        interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, list(tokens.shape), strict=False)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, tokens)
+        interpreter.invoke()
+        output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    except (ValueError, RuntimeError) as exc:
+        raise ConversionError(
+            f"the LiteRT runtime cannot run the converted model: {_first_line(exc)}"
+        ) from None
+    if output.shape != (1, config.num_classes) or not np.all(np.isfinite(output)):
+        raise ConversionError(f"the converted model gives a bad output {output.shape} on a probe input")
+
+
+# -------------------------------------------------------------------------------------------------- io
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory: a crash never leaves a half-written model behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
