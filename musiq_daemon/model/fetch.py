@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -60,6 +61,10 @@ def download_checkpoint(
                         progress(done, total)
                 out.flush()
                 os.fsync(out.fileno())
+    except http.client.HTTPException:
+        raise DownloadError(
+            f"download of {spec.file} stopped early; run the same command again to resume"
+        ) from None
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"cannot download {spec.file}: HTTP {exc.code} from {url}; {how_to}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:

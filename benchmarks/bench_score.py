@@ -1,0 +1,167 @@
+"""Scoring speed and memory: decode, preprocess, inference and total seconds per photo.
+
+For generated 1, 6, 12 and 24 MP JPEGs, every variant (fp32, fp16, dynamic-int8) and 1 and 2 threads,
+prints median seconds per stage, the token count and the process's max RSS. Each (variant, threads)
+pair runs in its own process, photos in increasing size, so max RSS is the peak up to that photo.
+
+The weights are synthetic (official layout, full 27 M-parameter size): speed and memory do not depend
+on the weights' values. Converted models are cached in --cache (default: ~/.cache/musiqd-bench).
+
+Target (issue 2): default policy, 2 threads, dynamic-int8, 24 MP: total <= 0.5 s median, RSS <= 350 MB.
+
+    python benchmarks/bench_score.py [--repeats 5] [--variants dynamic-int8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SIZES = {"1MP": (1224, 816), "6MP": (3000, 2000), "12MP": (4240, 2832), "24MP": (6000, 4000)}
+
+
+def make_photo(path: Path, width: int, height: int) -> None:
+    """A photo-like JPEG: smooth light, edges, texture and noise (compresses like a real photo)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = 110 + 60 * np.sin(xx / (width / 7)) * np.cos(yy / (height / 5))
+    img = np.repeat(img[..., None], 3, axis=2) + rng.uniform(-40, 40, size=3).astype(np.float32)
+    for _ in range(40):
+        y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+        img[y0 : y0 + height // 8, x0 : x0 + width // 8] += rng.uniform(-50, 50, size=3)
+    img += 12 * np.sin(xx / 2.5)[..., None] * np.sin(yy / 3.5)[..., None]
+    img += rng.normal(0, 4, size=img.shape)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def ensure_models(cache: Path, variants: list[str]) -> Path:
+    from musiq_daemon.model.config import MusiqConfig
+    from musiq_daemon.model.store import install_from_checkpoint, model_path
+    from musiq_daemon.model.synthetic import write_synthetic_checkpoint
+
+    models = cache / "models"
+    missing = [v for v in variants if not model_path("koniq", v, models).is_file()]
+    if missing:
+        ckpt = write_synthetic_checkpoint(cache / "koniq_ckpt.npz", MusiqConfig(), seed=0)
+        print(f"converting full-size synthetic koniq to {', '.join(missing)} (once) ...", file=sys.stderr)
+        install_from_checkpoint(ckpt, "koniq", missing, root=models)
+    return models
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Runs in a child process: one variant and thread count, every photo size."""
+    from musiq_daemon.api import Scorer
+    from musiq_daemon.preprocess import ResolutionPolicy
+
+    policy = ResolutionPolicy.parse(args.policy) if args.policy else None
+    scorer = Scorer(
+        "koniq",
+        args.variant,
+        device="cpu",
+        threads=args.threads,
+        policy=policy,
+        models_root=Path(args.models),
+    )
+    rows = []
+    for label in args.sizes:
+        photo = Path(args.photos) / f"{label}.jpg"
+        scorer.score(photo)  # warm-up: allocation for this length, page cache
+        runs = [scorer.score(photo) for _ in range(args.repeats)]
+        rows.append(
+            {
+                "size": label,
+                "tokens": runs[0].num_tokens,
+                **{
+                    k: statistics.median(r.timings[k] for r in runs)
+                    for k in ("decode", "preprocess", "inference")
+                },
+                "total": statistics.median(r.duration for r in runs),
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    print(json.dumps(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", default=["fp32", "fp16", "dynamic-int8"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--policy", default=None, help="resolution policy (default: the model's, max_side=1024)"
+    )
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "musiqd-bench")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--models", help=argparse.SUPPRESS)
+    parser.add_argument("--photos", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.threads = args.threads[0]
+        worker(args)
+        return
+
+    models = ensure_models(args.cache, args.variants)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in args.sizes:
+            make_photo(Path(tmp) / f"{label}.jpg", *SIZES[label])
+        header = (
+            f"{'variant':<13}{'thr':>4}{'size':>6}{'tokens':>8}{'decode':>8}{'prep':>8}{'infer':>8}"
+            f"{'total':>8}{'maxRSS MB':>11}"
+        )
+        print(
+            f"policy: {args.policy or 'model default (max_side=1024)'}; median of {args.repeats}; seconds"
+        )
+        print(header)
+        print("-" * len(header))
+        for variant in args.variants:
+            for threads in args.threads:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--variant",
+                    variant,
+                    "--threads",
+                    str(threads),
+                    "--models",
+                    str(models),
+                    "--photos",
+                    tmp,
+                    "--repeats",
+                    str(args.repeats),
+                    "--sizes",
+                    *args.sizes,
+                ]
+                if args.policy:
+                    cmd += ["--policy", args.policy]
+                out = subprocess.run(
+                    cmd,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                ).stdout
+                for row in json.loads(out.strip().splitlines()[-1]):
+                    print(
+                        f"{variant:<13}{threads:>4}{row['size']:>6}{row['tokens']:>8}{row['decode']:>8.3f}"
+                        f"{row['preprocess']:>8.3f}{row['inference']:>8.3f}{row['total']:>8.3f}"
+                        f"{row['rss_mb']:>11.0f}"
+                    )
+
+
+if __name__ == "__main__":
+    main()

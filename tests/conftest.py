@@ -1,0 +1,33 @@
+"""Shared fixtures: synthetic checkpoints in the official layout, converted by the real converter.
+
+Real MUSIQ weights cannot be downloaded where the tests run; these checkpoints have exactly the official
+keys and shapes (a tiny transformer for speed) and go through the same loader, converter and runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from musiq_daemon.model.config import MusiqConfig
+from musiq_daemon.model.store import install_from_checkpoint
+from musiq_daemon.model.synthetic import write_synthetic_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "koniq": write_synthetic_checkpoint(root / "koniq_ckpt.npz", MusiqConfig.tiny(1), seed=1),
+        "ava": write_synthetic_checkpoint(root / "ava_ckpt.npz", MusiqConfig.tiny(10), seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str, Path]) -> Path:
+    """A model directory with tiny koniq (fp32, dynamic-int8) and ava (fp32) models installed."""
+    root = tmp_path_factory.mktemp("models")
+    install_from_checkpoint(tiny_checkpoints["koniq"], "koniq", ["fp32", "dynamic-int8"], root=root)
+    install_from_checkpoint(tiny_checkpoints["ava"], "ava", ["fp32"], root=root)
+    return root

@@ -1,0 +1,128 @@
+"""The `musiqd` command end to end, as a real subprocess: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from musiq_daemon.model.verify import sample_photos
+
+MUSIQD = [sys.executable, "-m", "musiq_daemon"]
+
+
+def run(args: list[str], env: dict[str, str], check_rc: int | None = 0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(MUSIQD + args, env=env, capture_output=True, text=True, timeout=300, check=False)
+    if check_rc is not None:
+        assert result.returncode == check_rc, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture
+def env(tmp_path: Path, models_root: Path) -> dict[str, str]:
+    return {**os.environ, "MUSIQD_DATA_DIR": str(tmp_path / "data"), "MUSIQD_MODEL_DIR": str(models_root)}
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    images = sample_photos(3, size=(240, 320))
+    Image.fromarray(images[0]).save(folder / "a.jpg", quality=92)
+    Image.fromarray(images[1]).save(folder / "sub" / "b.png")
+    Image.fromarray(images[2]).save(folder / "sub" / "ünï cödé [1].jpg", quality=80)
+    (folder / "notes.txt").write_text("not a photo", encoding="utf-8")
+    return folder
+
+
+def test_version_and_help(env: dict[str, str]) -> None:
+    assert run(["--version"], env).stdout.startswith("musiqd ")
+    out = run(["--help"], env).stdout
+    assert "models" in out and "score" in out and "Exit codes" in out
+
+
+def test_models_list(env: dict[str, str]) -> None:
+    rows = json.loads(run(["models", "list", "--json"], env).stdout)
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"koniq", "spaq", "paq2piq", "ava"}
+    assert by_id["koniq"]["default"] is True
+    assert {i["variant"] for i in by_id["koniq"]["installed"]} == {"fp32", "dynamic-int8"}
+    assert by_id["spaq"]["installed"] == []
+    table = run(["models", "list"], env).stdout
+    assert "koniq" in table and "dynamic-int8" in table
+
+
+def test_score_folder_json_writes_nothing(env: dict[str, str], photos: Path) -> None:
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()}
+    result = run(["score", str(photos), "--json", "--variant", "fp32", "--device", "cpu"], env)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in records] == ["a.jpg", "b.png", "ünï cödé [1].jpg"]
+    for r in records:
+        assert 1.0 <= r["score"] <= 5.0
+        assert r["score"] == pytest.approx(1 + 4 * r["raw"] / 100) or r["score"] in (1.0, 5.0)
+        assert r["model_id"] == "koniq" and r["variant"] == "fp32" and r["device"] == "cpu"
+        assert r["resolution_policy"] == "max_side=1024"
+        assert r["num_tokens"] == 49 + 144 + 80  # 240x320 -> 8 x 10 native patches
+        assert len(r["model_version"]) == 12
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_score_table_and_failures(env: dict[str, str], photos: Path) -> None:
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    result = run(["score", str(photos)], env, check_rc=1)
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["score", "raw"]
+    assert len(lines) == 4  # header + three good photos
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "broken.jpg" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "rc", "text"),
+    [
+        (["score", "/nonexistent/photo.jpg"], 2, "does not exist"),
+        (["score", "--model", "nope", "."], 2, "unknown model 'nope'"),
+        (["score", "--model", "spaq", "."], 3, "musiqd models fetch spaq"),
+        (["score", "--device", "tpu", "."], 2, "unknown device"),
+        (["score", "--resolution", "huge", "."], 2, "huge"),
+        (["models", "convert", "--checkpoint", "/nonexistent/koniq_ckpt.npz"], 3, "koniq_ckpt.npz"),
+        (["models", "convert", "--checkpoint", "weird.npz"], 2, "pass --id"),
+        (["models", "verify", "spaq"], 3, "not installed"),
+    ],
+)
+def test_user_errors_are_one_line(env: dict[str, str], photos: Path, args: list[str], rc: int, text: str) -> None:
+    os.chdir(photos)
+    result = run(args, env, check_rc=rc)
+    err = result.stderr.strip()
+    assert err.startswith("musiqd: error: ") and text in err and "\n" not in err, err
+
+
+def test_fetch_offline_fails_clearly(env: dict[str, str]) -> None:
+    result = run(["models", "fetch", "koniq", "--url", "http://127.0.0.1:9/koniq_ckpt.npz"], env, check_rc=7)
+    assert "models convert --checkpoint" in result.stderr
+
+
+def test_convert_and_verify(tmp_path: Path, env: dict[str, str], tiny_checkpoints: dict[str, Path]) -> None:
+    env = {**env, "MUSIQD_MODEL_DIR": str(tmp_path / "fresh")}
+    out = run(["models", "convert", "--checkpoint", str(tiny_checkpoints["ava"]), "--variant", "fp32"], env).stdout
+    assert "installed ava fp32" in out
+    assert (tmp_path / "fresh" / "ava" / "fp32.tflite").is_file()
+    report = run(["models", "verify", "ava"], env).stdout
+    assert "fp32" in report and "yes" in report
+
+
+def test_cli_and_library_agree(env: dict[str, str], photos: Path, models_root: Path) -> None:
+    from musiq_daemon.api import Scorer
+
+    record = Scorer("koniq", "fp32", device="cpu", models_root=models_root).score(photos / "sub" / "b.png")
+    cli = json.loads(run(["score", str(photos / "sub" / "b.png"), "--json", "--variant", "fp32"], env).stdout)
+    assert cli["raw"] == pytest.approx(record.raw, rel=1e-6)
+    assert np.isfinite(record.raw)

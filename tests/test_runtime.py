@@ -1,0 +1,95 @@
+"""LiteRT runtime: device choice and fallback, bucketing (padding is exact), model-file errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from musiq_daemon.errors import DeviceError, ModelFileError, UsageError
+from musiq_daemon.model.checkpoint import load_checkpoint
+from musiq_daemon.model.config import TOKEN_DIM
+from musiq_daemon.model.reference import forward
+from musiq_daemon.model.store import model_path
+from musiq_daemon.runtime import BUCKET, bucket_length, open_engine, pad_to, vulkan_available
+
+
+def tokens(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(seed)
+    t = np.zeros((n, TOKEN_DIM), dtype=np.float32)
+    t[:, :-3] = rng.uniform(-1, 1, size=(n, TOKEN_DIM - 3))
+    t[:, -3] = rng.integers(0, 100, size=n)
+    t[:, -2] = rng.integers(0, 3, size=n)
+    t[:, -1] = 1
+    return t
+
+
+def test_bucket_length() -> None:
+    assert bucket_length(1) == BUCKET
+    assert bucket_length(BUCKET) == BUCKET
+    assert bucket_length(BUCKET + 1) == 2 * BUCKET
+    assert bucket_length(385) % BUCKET == 0 and 385 <= bucket_length(385) < 385 + BUCKET
+
+
+def test_pad_to_adds_mask_zero_rows() -> None:
+    t = tokens(5)
+    padded = pad_to(t, 32)
+    assert padded.shape == (1, 32, TOKEN_DIM)
+    np.testing.assert_array_equal(padded[0, :5], t)
+    assert not padded[0, 5:].any()
+
+
+def test_cpu_engine_matches_reference_across_buckets(models_root: Path, tiny_checkpoints: dict[str, Path]) -> None:
+    ckpt = load_checkpoint(tiny_checkpoints["koniq"])
+    engine = open_engine(model_path("koniq", "fp32", models_root), num_outputs=1, device="cpu")
+    assert engine.device == "cpu"
+    results = {}
+    # Different lengths force re-allocation; going back to an earlier length must give the same result.
+    for n in (50, 385, 7, 50):
+        t = tokens(n, seed=n)
+        got = engine.run(t)
+        want = forward(ckpt.params, ckpt.config, t)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        if n in results:
+            np.testing.assert_array_equal(got, results[n])
+        results[n] = got
+
+
+def test_auto_falls_back_to_cpu_without_gpu(models_root: Path) -> None:
+    if vulkan_available():
+        pytest.skip("this host has a Vulkan loader; the no-GPU fallback is exercised on hosts without one")
+    engine = open_engine(model_path("koniq", "fp32", models_root), num_outputs=1, device="auto")
+    assert engine.device == "cpu"
+    assert engine.fallback_reason and "Vulkan" in engine.fallback_reason
+
+
+def test_gpu_requested_without_gpu_fails_clearly(models_root: Path) -> None:
+    if vulkan_available():
+        pytest.skip("this host has a Vulkan loader; whether a GPU works there is checked by the auto probe")
+    with pytest.raises(DeviceError, match="--device gpu") as info:
+        open_engine(model_path("koniq", "fp32", models_root), num_outputs=1, device="gpu")
+    assert "\n" not in str(info.value)
+
+
+def test_bad_arguments_and_files(tmp_path: Path, models_root: Path) -> None:
+    with pytest.raises(UsageError, match="unknown device"):
+        open_engine(model_path("koniq", "fp32", models_root), num_outputs=1, device="tpu")
+    with pytest.raises(UsageError, match="threads"):
+        open_engine(model_path("koniq", "fp32", models_root), num_outputs=1, threads=0)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        open_engine(tmp_path / "missing.tflite", num_outputs=1, device="cpu")
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"\x00not a flatbuffer" * 10)
+    with pytest.raises(ModelFileError) as info:
+        open_engine(junk, num_outputs=1, device="cpu")
+    assert "\n" not in str(info.value) and "junk.tflite" in str(info.value)
+
+
+def test_engine_rejects_malformed_tokens(models_root: Path) -> None:
+    engine = open_engine(model_path("koniq", "fp32", models_root), num_outputs=1, device="cpu")
+    with pytest.raises(ValueError):
+        engine.run(np.zeros((0, TOKEN_DIM), np.float32))
+    with pytest.raises(ValueError):
+        engine.run(np.zeros((4, 10), np.float32))
