@@ -1,4 +1,4 @@
-"""Turns a decoded RGB image into MUSIQ's multi-scale token sequence, bit-compatible with the official pipeline.
+"""Turns a decoded RGB image into MUSIQ's multi-scale token sequence, matching the official pipeline.
 
 The official preprocessing is TensorFlow code; the scores of the published checkpoints depend on its exact
 numerics, so everything here reproduces those ops in float32 numpy rather than approximating them:
@@ -69,10 +69,10 @@ _NORMALIZE = _normalization_table()
 
 @dataclass(frozen=True)
 class _Spans:
-    """Per output pixel along one axis: the first source index and the weights of consecutive taps."""
+    """Resampling of one axis as consecutive taps: output o = sum_k weight[k, o] * input[index[k, o]]."""
 
     index: npt.NDArray[np.intp]  # (taps, out) source index of each tap, clamped into the image
-    weight: F32  # (taps, out) normalized weight of each tap, 0 for taps outside the span
+    weight: F32  # (taps, out) normalized weight of each tap, 0 for taps beyond the span
 
 
 def _gaussian_weights(distance: F32) -> F32:
@@ -93,6 +93,8 @@ def _gaussian_spans(in_size: int, out_size: int) -> _Spans:
     is dropped for being small and nothing is clamped, so the output is a plain convex combination.
     """
     scale = np.float32(out_size) / np.float32(in_size)
+    # Multiplying by this rounded inverse is not the same as dividing by ``scale``: the two disagree in
+    # the last bit for most sizes, which moves taps across the cut-off.
     inv_scale = np.float32(1.0 / float(scale))
     centre = (np.arange(out_size, dtype=np.float32) + _HALF) * inv_scale
     # A span starts at ceil(c - 1.5 - 0.5) and ends (inclusive) at floor(c + 1.5 - 0.5), clamped.
@@ -100,7 +102,7 @@ def _gaussian_spans(in_size: int, out_size: int) -> _Spans:
     end = np.clip(np.floor(centre + _RADIUS - _HALF), 0, in_size - 1).astype(np.intp) + 1
     # Centres outside the source image get an empty span (zero output); never happens for plain resizes.
     inside = (centre >= 0) & (centre <= np.float32(in_size))
-    taps = int(min(int((end - start).max()), in_size)) if out_size else 0
+    taps = int((end - start).max())  # at most 4: the support (c - 1.5, c + 1.5) holds 3 or 4 centres
     offsets = np.arange(taps, dtype=np.intp)[:, None]
     source = start[None, :] + offsets
     valid = (source < end[None, :]) & inside[None, :]
@@ -116,42 +118,51 @@ def _gaussian_spans(in_size: int, out_size: int) -> _Spans:
     return _Spans(index=np.minimum(source, in_size - 1), weight=weight.astype(np.float32, copy=False))
 
 
-def _apply_spans(source: npt.NDArray[Any], spans: _Spans, axis: int, out: F32) -> None:
-    """``out = sum_k weight_k * source[index_k]`` along ``axis``, summed in tap order like the reference.
+def _flat_view(array: F32) -> F32:
+    """(H, W, C) -> (H, W*C) without copying, so writes through the result land in ``array``."""
+    flat = array.reshape(array.shape[0], -1)
+    if not np.shares_memory(flat, array):
+        raise ValueError("expected an array whose rows can be flattened in place")
+    return flat
 
-    The banded form costs (taps <= 4) multiply-adds per output value, where a dense (out, in) weight matrix
-    would cost ``in`` of them: for a 4000x3000 photo that is tens of GFLOP per scale instead of a few MFLOP.
+
+def _apply_spans(source: F32, spans: _Spans, channels: int, axis: int, out: F32) -> None:
+    """``out = sum_k weight_k * source[index_k]`` along ``axis`` of 2-D (H, W*C) arrays, in tap order.
+
+    Summing tap by tap reproduces the reference's accumulation order exactly. The banded form costs at most
+    4 multiply-adds per output value, where a dense (out, in) weight matrix would cost ``in`` of them: tens
+    of GFLOP per scale for a 4000x3000 photo instead of a few MFLOP. Columns are addressed per channel
+    (index * C + c) so that every numpy inner loop runs over a whole row rather than over 3 channels.
     """
-    shape = [1, 1, 1]
-    shape[axis] = -1
-    scratch = np.empty_like(out)
-    for k in range(spans.index.shape[0]):
-        gathered = np.take(source, spans.index[k], axis=axis)
-        w = spans.weight[k].reshape(shape)
+    index, weight = spans.index, spans.weight
+    if axis == 1:
+        channel = np.arange(channels, dtype=np.intp)
+        index = (index[:, :, None] * channels + channel).reshape(index.shape[0], -1)
+        weight = np.repeat(weight, channels, axis=1)
+    else:
+        weight = weight[:, :, None]
+    gathered = np.empty_like(out)
+    for k in range(index.shape[0]):
+        np.take(source, index[k], axis=axis, out=gathered)
         if k == 0:
-            np.multiply(gathered, w, out=out)
+            np.multiply(gathered, weight[k], out=out)
         else:
-            np.multiply(gathered, w, out=scratch)
-            out += scratch
+            np.multiply(gathered, weight[k], out=gathered)
+            out += gathered
 
 
-def _resize_into(image: npt.NDArray[Any], out: F32, table: F32 | None = None) -> None:
-    """Gaussian resize of ``image`` (H, W, 3) into ``out`` (h, w, 3): rows first, then columns.
+def _resize_into(image: F32, out: F32) -> None:
+    """Gaussian resize of ``image`` (H, W, C) into ``out`` (h, w, C): rows first, then columns.
 
-    With ``table``, ``image`` holds uint8 codes and only the source rows the row pass reads are normalized.
+    The reference applies the two passes in this order and rounds the intermediate to float32; keeping
+    both makes the result identical to it, not merely close.
     """
-    in_h, in_w = image.shape[0], image.shape[1]
-    out_h, out_w = out.shape[0], out.shape[1]
-    rows = _gaussian_spans(in_h, out_h)
-    cols = _gaussian_spans(in_w, out_w)
-    if table is not None:
-        # Gather the few needed rows once, normalize them, and remap the tap indices onto that subset.
-        needed, remapped = np.unique(rows.index, return_inverse=True)
-        image = table[image[needed]]
-        rows = _Spans(index=remapped.reshape(rows.index.shape), weight=rows.weight)
-    intermediate = np.empty((out_h, in_w, image.shape[2]), dtype=np.float32)
-    _apply_spans(image, rows, 0, intermediate)
-    _apply_spans(intermediate, cols, 1, out)
+    channels = image.shape[2]
+    rows = _gaussian_spans(image.shape[0], out.shape[0])
+    cols = _gaussian_spans(image.shape[1], out.shape[1])
+    intermediate = np.empty((out.shape[0], image.shape[1] * channels), dtype=np.float32)
+    _apply_spans(image.reshape(image.shape[0], -1), rows, channels, 0, intermediate)
+    _apply_spans(intermediate, cols, channels, 1, _flat_view(out))
 
 
 def resize_gaussian(image: F32, out_h: int, out_w: int) -> F32:
@@ -196,7 +207,7 @@ def _canvas_to_rows(canvas: F32, count_h: int, count_w: int, patch: int, rows: F
     # ``rows`` may be a column slice of the token array: reshaping it this way is still a view.
     target = rows.reshape(count_h, count_w, patch, patch, channels)
     if not np.shares_memory(target, rows):
-        raise AssertionError("patch rows must be writable in place")
+        raise ValueError("patch rows must be writable in place")
     target[...] = blocks
 
 
@@ -221,13 +232,14 @@ def spatial_hash(count_h: int, count_w: int, grid: int = HASH_GRID) -> I64:
 
     The reference maps the patch grid onto a ``grid`` x ``grid`` table with TensorFlow's legacy
     nearest-neighbour resize: index i -> min(floor(float32(i) * float32(grid / count)), grid - 1). The
-    product must be float32: from count 205 on, float64 would round some indices differently.
+    rounding of that float32 product is part of the contract: exact integer arithmetic gives different
+    indices from count 205 on, and a float64 product already at count 154 (77 * 10/154 lands just below 5).
     """
 
     def axis(count: int) -> I64:
         step = np.float32(grid) / np.float32(count)
-        hashed = np.floor(np.arange(count, dtype=np.float32) * step).astype(np.int64)
-        return np.minimum(hashed, grid - 1)
+        hashed: I64 = np.floor(np.arange(count, dtype=np.float32) * step).astype(np.int64)
+        return np.minimum(hashed, np.int64(grid - 1))
 
     index: I64 = (axis(count_h)[:, None] * grid + axis(count_w)[None, :]).reshape(-1)
     return index
@@ -285,19 +297,21 @@ def make_tokens(rgb: U8) -> PatchSequence:
     # Zeroed memory: padding rows of the fixed scales are exactly the all-zero, mask-0 rows they need.
     tokens = np.zeros((sum(scale_rows), TOKEN_DIM), dtype=np.float32)
 
+    # Normalize once, straight into the zero-padded native canvas; its interior is the resize source.
+    canvas = np.zeros((count_h * PATCH_SIZE, count_w * PATCH_SIZE, 3), dtype=np.float32)
+    image = canvas[top : top + h, left : left + w]
+    np.take(_NORMALIZE, rgb, out=image, mode="clip")
+
     first = 0
-    for scale_id, (side, max_rows) in enumerate(zip(SCALE_LONGER_SIDES, SCALE_MAX_ROWS)):
+    for scale_id, (side, max_rows) in enumerate(zip(SCALE_LONGER_SIDES, SCALE_MAX_ROWS, strict=True)):
         rh, rw = aspect_resize_size(h, w, side)
         ch, cw, rtop, rleft = _grid(rh, rw, PATCH_SIZE)
-        canvas = np.zeros((ch * PATCH_SIZE, cw * PATCH_SIZE, 3), dtype=np.float32)
-        _resize_into(rgb, canvas[rtop : rtop + rh, rleft : rleft + rw], table=_NORMALIZE)
-        _canvas_to_rows(canvas, ch, cw, PATCH_SIZE, tokens[first : first + ch * cw, :TOKEN_PIXELS])
+        small = np.zeros((ch * PATCH_SIZE, cw * PATCH_SIZE, 3), dtype=np.float32)
+        _resize_into(image, small[rtop : rtop + rh, rleft : rleft + rw])
+        _canvas_to_rows(small, ch, cw, PATCH_SIZE, tokens[first : first + ch * cw, :TOKEN_PIXELS])
         _fill_block(tokens, first, ch, cw, scale_id)
         first += max_rows
 
-    # Native scale: normalize straight into the padded canvas, then scatter it into patch rows.
-    canvas = np.zeros((count_h * PATCH_SIZE, count_w * PATCH_SIZE, 3), dtype=np.float32)
-    np.take(_NORMALIZE, rgb, out=canvas[top : top + h, left : left + w], mode="clip")
     _canvas_to_rows(canvas, count_h, count_w, PATCH_SIZE, tokens[first:, :TOKEN_PIXELS])
     _fill_block(tokens, first, count_h, count_w, NATIVE_SCALE_ID)
     return PatchSequence(

@@ -85,7 +85,8 @@ class CpuBackend:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+            with _quiet_stderr():
+                self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(
                 f"cannot load model {model_path}: {exc}; re-create it with 'musiqd models convert'"
@@ -102,7 +103,8 @@ class CpuBackend:
         length = batch.shape[1]
         if length != self._length:
             self._interpreter.resize_tensor_input(self._input, [1, length, TOKEN_DIM], strict=False)
-            self._interpreter.allocate_tensors()
+            with _quiet_stderr():  # XNNPACK logs "INFO: Created ... delegate" when it is applied
+                self._interpreter.allocate_tensors()
             self._length = length
         self._interpreter.set_tensor(self._input, batch)
         self._interpreter.invoke()

@@ -50,7 +50,6 @@ STD_CONV_KERNELS: tuple[str, ...] = (
 STD_CONV_EPSILON = 1e-5
 
 _READ_CHUNK = 1 << 20
-_NPY_SUFFIX = ".npy"
 _BLOCK_KEY = re.compile(r"^Transformer/encoderblock_(\d+)/")
 # How many offending keys a message lists before it summarises the rest as a count.
 _KEYS_SHOWN = 3
@@ -75,9 +74,9 @@ _CORRUPT_ARCHIVE_ERRORS = (
 _KNOWN_NON_NPZ: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"\x89PNG", "a PNG image"),
-    (b"\x1f\x8b", "a gzip/tar archive (the TF-Hub SavedModel download?)"),
+    (b"\x1f\x8b", "a gzip/tar archive, perhaps the TF-Hub SavedModel download"),
     (b"\x80", "a Python pickle"),
-    (b"<", "an HTML/XML document (an error page saved instead of the download?)"),
+    (b"<", "an HTML/XML document, perhaps an error page saved instead of the download"),
     (b"{", "a JSON document"),
 )
 _ZIP_MAGIC = b"PK"
@@ -123,7 +122,15 @@ def load_checkpoint(path: Path, *, num_classes: int | None = None, model_id: str
     AVA); ``model_id`` only names that model in the error message. Raises :class:`CheckpointError`.
     """
     path = Path(path)
-    name = _display(path)
+    try:
+        return _load(path, num_classes, model_id)
+    except CheckpointError as exc:
+        # Keys and exception texts come from the file: keep even a hostile one to a single line.
+        raise CheckpointError(_one_line_text(exc.message)) from None
+
+
+def _load(path: Path, num_classes: int | None, model_id: str | None) -> Checkpoint:
+    name = _one_line_text(str(path))
     data, sha256 = _read_file(path, name)
     raw = _read_params(data, name)
     del data  # the archive bytes are no longer needed; do not hold two copies of the weights
@@ -142,9 +149,9 @@ def load_checkpoint(path: Path, *, num_classes: int | None = None, model_id: str
     return Checkpoint(params=params, config=config, sha256=sha256, path=path)
 
 
-def _display(path: Path) -> str:
-    # Messages must stay on one line whatever the file is called.
-    return str(path).replace("\r", "\\r").replace("\n", "\\n")
+def _one_line_text(text: str) -> str:
+    # Escaped rather than dropped, so a file name with a line break in it can still be recognised.
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _classes(n: int) -> str:
@@ -160,6 +167,9 @@ def _read_file(path: Path, name: str) -> tuple[bytes, str]:
             else ""
         )
         raise CheckpointError(f"checkpoint {name} is a directory{hint}: pass the path of a *_ckpt.npz file")
+    if path.exists() and not path.is_file():
+        # A pipe or device could block forever or never end; a checkpoint is always a regular file.
+        raise CheckpointError(f"checkpoint {name} is not a regular file: pass the path of a *_ckpt.npz file")
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     try:
@@ -235,8 +245,10 @@ def _as_float32(raw: Mapping[str, np.ndarray], name: str) -> dict[str, npt.NDArr
                 f"checkpoint {name} has {CHECKPOINT_PREFIX}{key} of dtype {value.dtype}, expected float: "
                 f"{_DOWNLOAD_AGAIN}"
             )
-        # ascontiguousarray: downstream code (converters, matmuls) wants plain C-ordered float32 buffers.
-        params[key] = np.ascontiguousarray(value, dtype=np.float32)
+        # Plain C-ordered float32 is what every consumer wants. A float64 value too large for float32
+        # becomes inf here and is reported by the finiteness check, so the cast need not warn.
+        with np.errstate(over="ignore"):
+            params[key] = np.ascontiguousarray(value, dtype=np.float32)
     return params
 
 

@@ -60,8 +60,10 @@ def forward(params: Mapping[str, npt.ArrayLike], config: MusiqConfig, tokens: np
     """Run MUSIQ on one token sequence and return the head output ``(num_classes,)`` (raw logits for AVA).
 
     ``tokens`` is ``(N, 3075)`` or ``(1, N, 3075)``; each row is [3072 pixels in (row, col, channel)
-    order, spatial index, scale id, mask]. Rows with mask 0 are padding and do not affect the result.
-    ``params`` are keyed without the ``opt/target/`` prefix, as in :class:`Checkpoint`.
+    order, spatial index, scale id, mask]. Rows with mask 0 are padding and do not affect the result
+    (any finite content, any indices). ``params`` are keyed without the ``opt/target/`` prefix, as in
+    :class:`Checkpoint`. Raises ValueError for non-finite tokens, an index out of range in a valid row,
+    or parameters that do not match ``config``.
     """
     p = _checked_params(params, config)
     rows = _token_rows(tokens)
@@ -197,13 +199,21 @@ def _max_pool(x: F32, size: int, stride: int) -> F32:
 
 
 def _group_norm(x: F32, scale: F32, bias: F32, epsilon: float) -> F32:
+    """GroupNorm over (H, W, channels of the group), per patch."""
     b, h, w, c = x.shape
-    groups = x.reshape(b, h, w, GROUPS, c // GROUPS)
-    axes = (1, 2, 4)
-    centered = groups - groups.mean(axis=axes, keepdims=True)
-    variance = (centered * centered).mean(axis=axes, keepdims=True)
-    normalized = (centered / np.sqrt(variance + np.float32(epsilon))).reshape(b, h, w, c)
-    out: F32 = normalized * scale.reshape(c) + bias.reshape(c)
+    flat = x.reshape(b, h * w, c)
+
+    def group_mean(values: F32) -> F32:
+        # Mean over positions per channel first (a fast contiguous reduction), then over each group's
+        # channels; equal-sized groups make the mean of means the group mean.
+        per_channel = values.mean(axis=1).reshape(b, GROUPS, c // GROUPS)
+        per_group: F32 = np.repeat(per_channel.mean(axis=2), c // GROUPS, axis=1)[:, None, :]
+        return per_group
+
+    centered = flat - group_mean(flat)
+    variance = group_mean(centered * centered)
+    multiplier = scale.reshape(c) / np.sqrt(variance + np.float32(epsilon))
+    out: F32 = (centered * multiplier + bias.reshape(c)).reshape(b, h, w, c)
     return out
 
 

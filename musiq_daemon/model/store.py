@@ -145,7 +145,7 @@ def install_from_checkpoint(
     spec = catalogue.get(model_id)
     for variant in variants:
         catalogue.check_variant(variant)
-    checkpoint = load_checkpoint(checkpoint_path, num_classes=spec.head)
+    checkpoint = load_checkpoint(checkpoint_path, num_classes=spec.head, model_id=model_id)
     installed: list[InstalledModel] = []
     for variant in variants:
         if on_variant is not None:

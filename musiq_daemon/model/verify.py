@@ -115,7 +115,7 @@ def verify_model(
     if not models:
         raise UsageError("no installed variant to verify")
     spec = models[0].spec
-    ckpt = load_checkpoint(_checkpoint_for(models[0], checkpoint), num_classes=spec.head)
+    ckpt = load_checkpoint(_checkpoint_for(models[0], checkpoint), num_classes=spec.head, model_id=spec.id)
     for m in models:
         if m.checkpoint_sha256 != ckpt.sha256:
             raise UsageError(
