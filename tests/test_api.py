@@ -77,7 +77,9 @@ def test_dynamic_int8_close_to_fp32(models_root: Path, photo_png: Path) -> None:
     assert int8.raw == pytest.approx(fp32.raw, rel=0.05)
 
 
-def test_score_many_keeps_order_and_reports_failures(models_root: Path, photo_png: Path, tmp_path: Path) -> None:
+def test_score_many_keeps_order_and_reports_failures(
+    models_root: Path, photo_png: Path, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(photo_png.read_bytes()[:200])
     scorer = Scorer("koniq", "fp32", device="cpu", models_root=models_root)

@@ -98,7 +98,9 @@ def test_score_table_and_failures(env: dict[str, str], photos: Path) -> None:
         (["models", "verify", "spaq"], 3, "not installed"),
     ],
 )
-def test_user_errors_are_one_line(env: dict[str, str], photos: Path, args: list[str], rc: int, text: str) -> None:
+def test_user_errors_are_one_line(
+    env: dict[str, str], photos: Path, args: list[str], rc: int, text: str
+) -> None:
     os.chdir(photos)
     result = run(args, env, check_rc=rc)
     err = result.stderr.strip()
@@ -112,7 +114,9 @@ def test_fetch_offline_fails_clearly(env: dict[str, str]) -> None:
 
 def test_convert_and_verify(tmp_path: Path, env: dict[str, str], tiny_checkpoints: dict[str, Path]) -> None:
     env = {**env, "MUSIQD_MODEL_DIR": str(tmp_path / "fresh")}
-    out = run(["models", "convert", "--checkpoint", str(tiny_checkpoints["ava"]), "--variant", "fp32"], env).stdout
+    out = run(
+        ["models", "convert", "--checkpoint", str(tiny_checkpoints["ava"]), "--variant", "fp32"], env
+    ).stdout
     assert "installed ava fp32" in out
     assert (tmp_path / "fresh" / "ava" / "fp32.tflite").is_file()
     report = run(["models", "verify", "ava"], env).stdout

@@ -41,7 +41,9 @@ def test_pad_to_adds_mask_zero_rows() -> None:
     assert not padded[0, 5:].any()
 
 
-def test_cpu_engine_matches_reference_across_buckets(models_root: Path, tiny_checkpoints: dict[str, Path]) -> None:
+def test_cpu_engine_matches_reference_across_buckets(
+    models_root: Path, tiny_checkpoints: dict[str, Path]
+) -> None:
     ckpt = load_checkpoint(tiny_checkpoints["koniq"])
     engine = open_engine(model_path("koniq", "fp32", models_root), num_outputs=1, device="cpu")
     assert engine.device == "cpu"

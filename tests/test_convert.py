@@ -1,0 +1,439 @@
+"""The converter: every converted model runs in the real LiteRT interpreter and is checked against the
+NumPy reference forward pass (the numerical oracle).
+
+Tiny configurations cover the graph itself (all token counts, padding, both head sizes) in seconds. The
+full-size model is converted once per head size and variant for the whole session (about 15-20 s each on
+two cores) and checked for fp32 exactness and for the measured quantization error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+import musiq_daemon
+from musiq_daemon.errors import ConversionError
+from musiq_daemon.model.config import HASH_GRID, NUM_SCALES, TOKEN_DIM, TOKEN_PIXELS, MusiqConfig
+from musiq_daemon.model.convert import (
+    COMPUTED_METADATA,
+    REQUIRED_METADATA,
+    VARIANTS,
+    ModelInfo,
+    convert_checkpoint,
+    model_ops,
+)
+from musiq_daemon.model.reference import forward, raw_score
+from musiq_daemon.model.synthetic import synthetic_params
+from musiq_daemon.preprocess import make_tokens
+
+F32 = npt.NDArray[np.float32]
+Params = dict[str, F32]
+
+SOURCE = {"model_id": "koniq", "checkpoint_file": "koniq_ckpt.npz", "checkpoint_sha256": "ab" * 32}
+
+#: Ops the graph may use: all builtin, all taken by XNNPACK (fp16 adds DEQUANTIZE for its weights).
+XNNPACK_OPS = {
+    "ABS",
+    "ADD",
+    "BATCH_MATMUL",
+    "CONCATENATION",
+    "CONV_2D",
+    "DEQUANTIZE",
+    "FULLY_CONNECTED",
+    "GELU",
+    "MAX_POOL_2D",
+    "MEAN",
+    "MUL",
+    "RESHAPE",
+    "RSQRT",
+    "SOFTMAX",
+    "SQUARED_DIFFERENCE",
+    "STRIDED_SLICE",
+    "SUB",
+    "TRANSPOSE",
+}
+
+#: Largest relative error of the raw score (MOS for 1 class, softmax mean for AVA's 10) against the
+#: reference over the ten photo-like inputs. Measured with these synthetic weights (TF 2.21, LiteRT 2.3):
+#: fp16 3.9e-4 (1 class) and 5.3e-4 (10); dynamic-int8 7.2e-3 (1 class) and 3.8e-2 (10). The bounds
+#: leave about 2.5x headroom for other CPUs' kernels (XNNPACK picks different micro-kernels per ISA).
+QUANTIZED_TOLERANCE = {
+    ("fp16", 1): 1e-3,
+    ("fp16", 10): 1.5e-3,
+    ("dynamic-int8", 1): 2e-2,
+    ("dynamic-int8", 10): 1e-1,
+}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def relative_error(actual: npt.ArrayLike, expected: npt.ArrayLike) -> float:
+    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.max(np.abs(a - e)) / np.max(np.abs(e)))
+
+
+def random_tokens(rng: np.random.Generator, n: int) -> F32:
+    """Tokens shaped like real ones: pixels in [-1, 1], valid spatial indices and scale ids, mask 1."""
+    tokens = np.zeros((n, TOKEN_DIM), dtype=np.float32)
+    tokens[:, :TOKEN_PIXELS] = rng.uniform(-1.0, 1.0, size=(n, TOKEN_PIXELS))
+    tokens[:, TOKEN_PIXELS] = rng.integers(0, HASH_GRID * HASH_GRID, size=n)
+    tokens[:, TOKEN_PIXELS + 1] = rng.integers(0, NUM_SCALES, size=n)
+    tokens[:, TOKEN_PIXELS + 2] = 1.0
+    return tokens
+
+
+def photo(seed: int) -> npt.NDArray[np.uint8]:
+    """A 512x384 photo-like RGB image: smooth colour gradients, flat objects with hard edges, sensor noise."""
+    rng = np.random.default_rng(seed)
+    h, w = (384, 512) if seed % 2 == 0 else (512, 384)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.empty((h, w, 3), dtype=np.float32)
+    for channel in range(3):
+        fx, fy, phase = rng.uniform(-1.0, 1.0, size=3)
+        image[..., channel] = 128 + 60 * np.sin(6 * fx * xx / w + 6 * fy * yy / h + 3 * phase)
+    for _ in range(6):
+        top, left = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 40))
+        bottom, right = top + int(rng.integers(20, 200)), left + int(rng.integers(20, 200))
+        image[top:bottom, left:right] = rng.uniform(0, 255, size=3)
+    image += rng.normal(0.0, rng.uniform(2.0, 20.0), size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def run(interpreter: Interpreter, tokens: F32) -> F32:
+    """The head output (num_classes,) for (N, 3075) tokens, resizing the input to N."""
+    index = interpreter.get_input_details()[0]["index"]
+    if tuple(interpreter.get_input_details()[0]["shape"]) != (1, *tokens.shape):
+        interpreter.resize_tensor_input(index, [1, *tokens.shape])
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(index, tokens[None])
+    interpreter.invoke()
+    output: F32 = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert output.shape[0] == 1
+    return output[0]
+
+
+def open_model(path: Path) -> Interpreter:
+    interpreter = Interpreter(model_path=str(path), num_threads=2)  # XNNPACK is on by default
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def assert_fully_delegated(path: Path) -> None:
+    """XNNPACK took the whole graph: one delegate node, fed by the model input, producing its output."""
+    interpreter = open_model(path)
+    interpreter.resize_tensor_input(0, [1, 7, TOKEN_DIM])
+    interpreter.allocate_tensors()
+    # Private, but the only view of the execution plan the Python API gives.
+    nodes = interpreter._get_ops_details()
+    delegates = [node for node in nodes if node["op_name"] == "DELEGATE"]
+    assert len(delegates) == 1, [node["op_name"] for node in nodes]
+    model_input = interpreter.get_input_details()[0]["index"]
+    model_output = interpreter.get_output_details()[0]["index"]
+    assert model_input in list(delegates[0]["inputs"])
+    assert list(delegates[0]["outputs"]) == [model_output]
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Params, MusiqConfig, ModelInfo]]:
+    """fp32 conversions of the tiny configuration, with a 1-class and a 10-class head."""
+    root = tmp_path_factory.mktemp("tiny")
+    models = {}
+    for classes in (1, 10):
+        config = MusiqConfig.tiny(classes)
+        params = synthetic_params(config, seed=classes)
+        info = convert_checkpoint(
+            params, config, variant="fp32", out_path=root / f"tiny{classes}.tflite", metadata=SOURCE
+        )
+        models[classes] = (params, config, info)
+    return models
+
+
+FullModel = Callable[[int, str], tuple[Params, MusiqConfig, ModelInfo]]
+
+
+@pytest.fixture(scope="session")
+def full_model(tmp_path_factory: pytest.TempPathFactory) -> FullModel:
+    """Full-size conversions on demand, each done once per session (they take 15-20 s each)."""
+    root = tmp_path_factory.mktemp("full")
+    params = {classes: synthetic_params(MusiqConfig(num_classes=classes)) for classes in (1, 10)}
+    done: dict[tuple[int, str], ModelInfo] = {}
+
+    def get(classes: int, variant: str) -> tuple[Params, MusiqConfig, ModelInfo]:
+        config = MusiqConfig(num_classes=classes)
+        if (classes, variant) not in done:
+            out = root / f"full{classes}" / f"{variant}.tflite"
+            done[classes, variant] = convert_checkpoint(
+                params[classes], config, variant=variant, out_path=out, metadata=SOURCE
+            )
+        return params[classes], config, done[classes, variant]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def photo_tokens() -> list[F32]:
+    """Ten official token sequences (N = 385) of photo-like images."""
+    return [make_tokens(photo(seed)).tokens for seed in range(10)]
+
+
+@pytest.fixture(scope="session")
+def full_reference(photo_tokens: list[F32]) -> dict[int, list[F32]]:
+    """The reference head outputs of the full-size synthetic models on the photo tokens."""
+    reference = {}
+    for classes in (1, 10):
+        config = MusiqConfig(num_classes=classes)
+        params = synthetic_params(config)
+        reference[classes] = [forward(params, config, tokens) for tokens in photo_tokens]
+    return reference
+
+
+# ---------------------------------------------------------------------------------------- tiny model
+
+
+@pytest.mark.parametrize("classes", [1, 10])
+def test_tiny_fp32_matches_reference(
+    tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]], classes: int
+) -> None:
+    params, config, info = tiny_models[classes]
+    interpreter = open_model(info.path)
+    rng = np.random.default_rng(classes)
+    # One interpreter, resized up and down: the dynamic sequence length must survive reallocation.
+    for n in (385, 1, 50):
+        tokens = random_tokens(rng, n)
+        output = run(interpreter, tokens)
+        assert output.shape == (config.num_classes,)
+        assert relative_error(output, forward(params, config, tokens)) < 1e-4, n
+
+
+@pytest.mark.parametrize("classes", [1, 10])
+def test_padding_rows_do_not_change_the_output(
+    tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]], classes: int
+) -> None:
+    _, _, info = tiny_models[classes]
+    interpreter = open_model(info.path)
+    rng = np.random.default_rng(3)
+    tokens = random_tokens(rng, 50)
+    unpadded = run(interpreter, tokens)
+    zero_rows = np.concatenate([tokens, np.zeros((46, TOKEN_DIM), np.float32)])
+    # Whatever a padding row holds, mask 0 must hide it.
+    junk_rows = random_tokens(rng, 46)
+    junk_rows[:, -1] = 0.0
+    for padded in (zero_rows, np.concatenate([tokens, junk_rows])):
+        assert relative_error(run(interpreter, padded), unpadded) < 1e-5
+
+
+def test_tiny_model_is_fully_delegated_and_builtin(
+    tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]],
+) -> None:
+    for _, _, info in tiny_models.values():
+        assert set(model_ops(info.path.read_bytes())) <= XNNPACK_OPS
+        assert_fully_delegated(info.path)
+
+
+def test_metadata_json_describes_the_file(
+    tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]], tmp_path: Path
+) -> None:
+    params, config, _ = tiny_models[10]
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    out = tmp_path / "ava" / "fp32.tflite"
+    info = convert_checkpoint(
+        params, config, variant="fp32", out_path=out, metadata={**SOURCE, "mapping": "softmax-mean"}
+    )
+    assert info.path == out and info.variant == "fp32"
+    assert info.metadata_path == tmp_path / "ava" / "fp32.json"
+    meta = json.loads(info.metadata_path.read_text(encoding="utf-8"))
+    assert meta == dict(info.metadata)
+    assert set(COMPUTED_METADATA) | set(REQUIRED_METADATA) | {"mapping"} == set(meta)
+    data = out.read_bytes()
+    assert meta["tflite_sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["tflite_size"] == len(data)
+    assert meta["tflite_file"] == "fp32.tflite"
+    assert meta["model_id"] == "koniq" and meta["mapping"] == "softmax-mean"
+    assert meta["checkpoint_file"] == "koniq_ckpt.npz" and meta["checkpoint_sha256"] == "ab" * 32
+    assert meta["variant"] == "fp32" and meta["num_classes"] == 10
+    assert meta["config"] == asdict(config)
+    assert meta["musiq_daemon_version"] == musiq_daemon.__version__
+    assert meta["tensorflow_version"].count(".") >= 2
+    created = dt.datetime.fromisoformat(meta["created_at"])
+    assert created.utcoffset() == dt.timedelta(0)
+    assert before <= created <= dt.datetime.now(dt.UTC)
+    assert "3075" in meta["input"] and "mask" in meta["input"]
+    # Written atomically: nothing but the two files is left behind.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fp32.json", "fp32.tflite"]
+
+
+def test_dynamic_int8_tiny_conversion_is_quiet_and_close(
+    tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    params, config, _ = tiny_models[1]
+    capfd.readouterr()
+    info = convert_checkpoint(
+        params, config, variant="dynamic-int8", out_path=tmp_path / "q.tflite", metadata=SOURCE
+    )
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == "", "conversion printed log lines"
+    tokens = random_tokens(np.random.default_rng(5), 60)
+    output = run(open_model(info.path), tokens)
+    assert relative_error(output, forward(params, config, tokens)) < 2e-2
+
+
+# ------------------------------------------------------------------------------------------- failures
+
+
+def test_bad_variant_is_rejected(tmp_path: Path) -> None:
+    config = MusiqConfig.tiny(1)
+    with pytest.raises(ConversionError, match="unknown model variant 'int4'.*fp32, fp16, dynamic-int8"):
+        convert_checkpoint(
+            synthetic_params(config), config, variant="int4", out_path=tmp_path / "m.tflite", metadata=SOURCE
+        )
+    assert VARIANTS == ("fp32", "fp16", "dynamic-int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"model_id": "koniq"}, "lacks checkpoint_file, checkpoint_sha256"),
+        ({**SOURCE, "tflite_sha256": "0" * 64}, "may not set tflite_sha256"),
+    ],
+)
+def test_bad_metadata_is_rejected(tmp_path: Path, metadata: dict[str, object], message: str) -> None:
+    config = MusiqConfig.tiny(1)
+    with pytest.raises(ConversionError, match=message):
+        convert_checkpoint(
+            synthetic_params(config), config, variant="fp32", out_path=tmp_path / "m.tflite", metadata=metadata
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_parameters_are_rejected(tmp_path: Path) -> None:
+    config = MusiqConfig.tiny(1)
+    params = synthetic_params(config)
+    params["head/kernel"] = np.zeros((32, 2), np.float32)
+    with pytest.raises(ConversionError, match="head/kernel has shape"):
+        convert_checkpoint(params, config, variant="fp32", out_path=tmp_path / "m.tflite", metadata=SOURCE)
+
+
+def test_missing_tensorflow_is_explained(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
+        from pathlib import Path
+        from musiq_daemon.errors import ConversionError
+        from musiq_daemon.model.config import MusiqConfig
+        from musiq_daemon.model.convert import convert_checkpoint
+        from musiq_daemon.model.synthetic import synthetic_params
+        config = MusiqConfig.tiny(1)
+        try:
+            convert_checkpoint(synthetic_params(config), config, variant="fp32",
+                               out_path=Path({str(tmp_path / "m.tflite")!r}), metadata={SOURCE!r})
+        except ConversionError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout == "converting needs TensorFlow: pip install 'musiq-daemon[convert]'\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_converter_failure_is_one_line(
+    tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tensorflow as tf  # already imported by the conversions of the fixture
+
+    def fail(self: object) -> bytes:
+        raise RuntimeError("could not translate MLIR to FlatBuffer\n<pages of MLIR dump>\nmore")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", fail)
+    params, config, _ = tiny_models[1]
+    with pytest.raises(ConversionError) as raised:
+        convert_checkpoint(params, config, variant="fp16", out_path=tmp_path / "m.tflite", metadata=SOURCE)
+    assert str(raised.value) == "TFLite conversion (fp16) failed: could not translate MLIR to FlatBuffer"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_with_flex_ops_is_rejected(
+    tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tensorflow as tf  # already imported by the conversions of the fixture
+
+    # Cumprod has no builtin TFLite kernel: allowing Select-TF ops turns it into a Flex op.
+    function = tf.function(lambda x: tf.math.cumprod(x), input_signature=[tf.TensorSpec([4], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    flex_model = converter.convert()
+    assert "FlexCumprod" in model_ops(flex_model)
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", lambda self: flex_model)
+    params, config, _ = tiny_models[1]
+    with pytest.raises(ConversionError, match=r"non-builtin ops \(FlexCumprod\)") as raised:
+        convert_checkpoint(params, config, variant="fp32", out_path=tmp_path / "m.tflite", metadata=SOURCE)
+    assert "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ full-size model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("classes", [1, 10])
+def test_full_fp32_matches_reference(
+    full_model: FullModel, photo_tokens: list[F32], full_reference: dict[int, list[F32]], classes: int
+) -> None:
+    _, _, info = full_model(classes, "fp32")
+    tokens = photo_tokens[0]
+    assert tokens.shape[0] == 385
+    output = run(open_model(info.path), tokens)
+    assert relative_error(output, full_reference[classes][0]) < 1e-4
+    assert set(model_ops(info.path.read_bytes())) <= XNNPACK_OPS
+    assert_fully_delegated(info.path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("classes", [1, 10])
+@pytest.mark.parametrize("variant", ["fp16", "dynamic-int8"])
+def test_full_quantized_error_is_bounded(
+    full_model: FullModel,
+    photo_tokens: list[F32],
+    full_reference: dict[int, list[F32]],
+    variant: str,
+    classes: int,
+    record_property: Callable[[str, object], None],
+) -> None:
+    _, _, info = full_model(classes, variant)
+    _, _, fp32 = full_model(classes, "fp32")
+    interpreter = open_model(info.path)
+    expected = np.array([raw_score(head) for head in full_reference[classes]])
+    actual = np.array([raw_score(run(interpreter, tokens)) for tokens in photo_tokens])
+    errors = np.abs(actual - expected) / np.abs(expected)
+    record_property("max_relative_error", float(errors.max()))
+    record_property("mean_relative_error", float(errors.mean()))
+    assert errors.max() < QUANTIZED_TOLERANCE[variant, classes], errors
+    # The point of the variant: a smaller file (weights in 16 or 8 bits instead of 32).
+    ratio = info.path.stat().st_size / fp32.path.stat().st_size
+    assert ratio < (0.55 if variant == "fp16" else 0.3), ratio
+    assert set(model_ops(info.path.read_bytes())) <= XNNPACK_OPS
+    assert_fully_delegated(info.path)
