@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 __all__ = ["ScoreFailure", "ScoreRecord", "Scorer", "__version__", "score", "score_batch"]
 
 if TYPE_CHECKING:
-    from musiq_daemon.api import ScoreFailure, ScoreRecord, Scorer, score, score_batch
+    from musiq_daemon.api import ScoreFailure, Scorer, ScoreRecord, score, score_batch
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from musiq_daemon.api import ScoreFailure, ScoreRecord, Scorer
+from musiq_daemon.api import ScoreFailure, Scorer, ScoreRecord
 from musiq_daemon.errors import DecodeError
 from musiq_daemon.model.checkpoint import load_checkpoint
 from musiq_daemon.model.reference import forward, raw_score

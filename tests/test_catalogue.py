@@ -38,7 +38,7 @@ def test_mapping_clamps_to_the_scale_but_rejects_nan() -> None:
 
 def test_unknown_model_and_variant() -> None:
     cat = load_catalogue()
-    with pytest.raises(UsageError, match="unknown model 'nope'.*koniq"):
+    with pytest.raises(UsageError, match=r"unknown model 'nope'.*koniq"):
         cat.get("nope")
     with pytest.raises(UsageError, match="unknown variant 'int4'"):
         cat.check_variant("int4")

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -19,8 +20,8 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    cut_after: int | None = None  # close the connection after this many body bytes (once)
-    ranges_seen: list[str] = []
+    cut_after: ClassVar[int | None] = None  # close the connection after this many body bytes (once)
+    ranges_seen: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         if self.path != "/koniq_ckpt.npz":

@@ -55,6 +55,21 @@ VARIANTS = ("fp32", "fp16", "dynamic-int8")
 
 #: Keys the caller must supply in ``metadata``: they make every score traceable to its source weights.
 REQUIRED_METADATA = ("model_id", "checkpoint_file", "checkpoint_sha256")
+#: Keys the converter itself records in the JSON; ``metadata`` may not set them.
+COMPUTED_METADATA = (
+    "variant",
+    "num_classes",
+    "config",
+    "musiq_daemon_version",
+    "tensorflow_version",
+    "tflite_file",
+    "tflite_sha256",
+    "tflite_size",
+    "created_at",
+    "conversion_seconds",
+    "input",
+    "output",
+)
 
 INPUT_LAYOUT = (
     f"float32 [1, N, {TOKEN_DIM}], N dynamic; one row per token: {TOKEN_PIXELS} pixel values in [-1, 1] "
@@ -106,6 +121,11 @@ def convert_checkpoint(
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ConversionError(f"conversion metadata lacks {', '.join(missing)}")
+    clashing = sorted(set(metadata) & set(COMPUTED_METADATA))
+    if clashing:
+        raise ConversionError(
+            f"conversion metadata may not set {', '.join(clashing)}: the converter records it"
+        )
     _check_params(params, config)
     tf = _import_tensorflow()
 
@@ -114,39 +134,37 @@ def convert_checkpoint(
         flatbuffer = _convert(tf, _export_weights(params, config), config, variant)
     _check_builtin_only(flatbuffer)
     _smoke_test(flatbuffer, config)
-    seconds = time.monotonic() - started
 
-    record: dict[str, Any] = {
-        "model_id": metadata["model_id"],
+    computed: dict[str, Any] = {
         "variant": variant,
         "num_classes": config.num_classes,
         "config": asdict(config),
-        "checkpoint_file": metadata["checkpoint_file"],
-        "checkpoint_sha256": metadata["checkpoint_sha256"],
         "musiq_daemon_version": musiq_daemon.__version__,
         "tensorflow_version": tf.__version__,
         "tflite_file": out_path.name,
         "tflite_sha256": hashlib.sha256(flatbuffer).hexdigest(),
         "tflite_size": len(flatbuffer),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "conversion_seconds": round(seconds, 1),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "conversion_seconds": round(time.monotonic() - started, 1),
         "input": INPUT_LAYOUT,
         "output": OUTPUT_LAYOUT,
     }
-    for key, value in metadata.items():
-        if key in record and record[key] != value:
-            raise ConversionError(f"conversion metadata '{key}' contradicts the converted model")
-        record[key] = value
+    record = {**metadata, **computed}
 
     metadata_path = out_path.with_suffix(".json")
     try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(out_path, flatbuffer)
         text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
         _write_atomically(metadata_path, text.encode("utf-8"))
     except OSError as exc:
         raise ConversionError(f"cannot write {out_path}: {exc}") from None
     log.info(
-        "converted %s (%s): %.1f MB in %.0f s", record["model_id"], variant, len(flatbuffer) / 1e6, seconds
+        "converted %s (%s): %d bytes in %.0f s",
+        record["model_id"],
+        variant,
+        len(flatbuffer),
+        computed["conversion_seconds"],
     )
     return ModelInfo(
         path=out_path, metadata_path=metadata_path, variant=variant, metadata=MappingProxyType(record)
@@ -182,7 +200,7 @@ def _quiet_tensorflow(tf: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -251,8 +269,14 @@ def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], confi
     lookup_ids = np.arange(HASH_GRID * HASH_GRID + NUM_SCALES, dtype=np.float32)
     scale_offset = np.float32(HASH_GRID * HASH_GRID)
 
+    # Variables, frozen into constants by the converter: with tf.constant the full model took twice as
+    # long to convert and three times the memory (5.4 GB), too much for the boxes this runs on.
+    variables = {
+        key: tf.Variable(value, trainable=False, name=key.replace("/", ".")) for key, value in weights.items()
+    }
+
     def const(key: str) -> Any:
-        return tf.constant(weights[key])
+        return variables[key]
 
     def group_norm(x: Any, prefix: str, eps: float) -> Any:
         _, height, width, channels = x.shape
@@ -304,7 +328,8 @@ def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], confi
         return x + dense(h, f"{prefix}Dense_1")
 
     def forward(tokens: Any) -> Any:
-        rows = tokens[0]  # [N, 3075]
+        # A reshape, not tokens[0]: XNNPACK does not take a strided slice that drops an axis.
+        rows = tf.reshape(tokens, [-1, TOKEN_DIM])
         pixels = tf.reshape(rows[:, :TOKEN_PIXELS], [-1, PATCH_SIZE, PATCH_SIZE, 3])
         spatial = rows[:, TOKEN_PIXELS : TOKEN_PIXELS + 1]
         scale = rows[:, TOKEN_PIXELS + 1 : TOKEN_PIXELS + 2] + scale_offset
@@ -320,12 +345,13 @@ def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], confi
             x = encoder_block(x, key_bias, f"block{i}/", cls_only=i == config.num_layers - 1)
         return dense(layer_norm(x[:1], "encoder_norm"), "head")
 
-    class MusiqModule(tf.Module):  # type: ignore[misc]
-        @tf.function(input_signature=[tf.TensorSpec([1, None, TOKEN_DIM], tf.float32, name="tokens")])
-        def serve(self, tokens: Any) -> Any:
-            return forward(tokens)
-
-    return MusiqModule()
+    module = tf.Module(name="musiq")
+    module.parameters = variables  # tracked, so the converter finds and freezes them
+    # Batch 1, any sequence length: the runtime resizes the input per photo (or per length bucket).
+    module.serve = tf.function(
+        forward, input_signature=[tf.TensorSpec([1, None, TOKEN_DIM], tf.float32, name="tokens")]
+    )
+    return module
 
 
 def _convert(
@@ -392,12 +418,17 @@ def _smoke_test(flatbuffer: bytes, config: MusiqConfig) -> None:
     The converter can emit op versions newer than the runtime knows; that surfaces here, at conversion,
     instead of at the first photo.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     tokens = np.zeros((1, 2, TOKEN_DIM), dtype=np.float32)
     tokens[0, :, -1] = 1.0
     try:
-        interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
+        # The builtin kernels resolve every op the file names (XNNPACK would only take a subset).
+        interpreter = Interpreter(
+            model_content=flatbuffer,
+            num_threads=1,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
         index = interpreter.get_input_details()[0]["index"]
         interpreter.resize_tensor_input(index, list(tokens.shape), strict=False)
         interpreter.allocate_tensors()
@@ -423,7 +454,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
