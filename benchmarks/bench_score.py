@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,15 @@ def ensure_models(cache: Path, variants: list[str]) -> Path:
     return models
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not ru_maxrss: Linux carries that over from the parent
+    across fork+exec, so a child of a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def worker(args: argparse.Namespace) -> None:
     """Runs in a child process: one variant and thread count, every photo size."""
     from musiq_daemon.api import Scorer
@@ -86,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
                     for k in ("decode", "preprocess", "inference")
                 },
                 "total": statistics.median(r.duration for r in runs),
-                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_mb": peak_rss_mb(),
             }
         )
     print(json.dumps(rows))
@@ -122,9 +130,7 @@ def main() -> None:
             f"{'variant':<13}{'thr':>4}{'size':>6}{'tokens':>8}{'decode':>8}{'prep':>8}{'infer':>8}"
             f"{'total':>8}{'maxRSS MB':>11}"
         )
-        print(
-            f"policy: {args.policy or 'model default (max_side=1024)'}; median of {args.repeats}; seconds"
-        )
+        print(f"policy: {args.policy or 'model default (max_side=1024)'}; median of {args.repeats}; seconds")
         print(header)
         print("-" * len(header))
         for variant in args.variants:

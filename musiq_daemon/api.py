@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ class ScoreRecord:
     source: str  # how pixels were obtained (full decode, DCT-scaled, RAW preview, ...)
     format: str
     orientation_applied: bool
+    scored_at: str  # ISO 8601 with the local zone offset
     timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, preprocess, inference
     path: str | None = None
 
@@ -149,6 +151,7 @@ class Scorer:
             source=prepared.decoded.source,
             format=prepared.decoded.format,
             orientation_applied=prepared.decoded.orientation_applied,
+            scored_at=datetime.now().astimezone().isoformat(timespec="seconds"),
             timings={**prepared.timings, "inference": inference},
             path=prepared.path,
         )

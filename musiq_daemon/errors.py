@@ -67,3 +67,33 @@ class DownloadError(MusiqError):
     """Fetching an official checkpoint failed (offline, HTTP error, checksum mismatch)."""
 
     exit_code = 7
+
+
+class WriteError(MusiqError):
+    """Writing a photo or sidecar failed; the original file is unchanged."""
+
+    exit_code = 8
+
+
+class ReadOnlyError(WriteError):
+    """The file or its directory cannot be written (read-only mount, no permission, foreign owner)."""
+
+    exit_code = 9
+
+
+class DiskFullError(WriteError):
+    """No space (or quota) left to write the new version of a file."""
+
+    exit_code = 10
+
+
+class FileChangedError(WriteError):
+    """Another program changed, moved or created the file while musiqd was writing it; retry later."""
+
+    exit_code = 11
+
+
+class IndexDatabaseError(MusiqError):
+    """The index database cannot be opened, is from a newer version, or a query is invalid."""
+
+    exit_code = 8

@@ -1,7 +1,8 @@
 """The ``musiqd`` command. Thin: each command module parses options, calls the library, prints.
 
 Exit codes: 0 success; 1 some photos failed; 2 bad usage or configuration; 3 model or checkpoint
-problem; 4 unreadable image; 5 device unavailable; 6 conversion failed; 7 download failed.
+problem; 4 unreadable image; 5 device unavailable; 6 conversion failed; 7 download failed; 8 index
+database unreadable or from a newer musiqd.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 import typer
 
 from musiq_daemon import __version__
+from musiq_daemon.cli import db as db_cmd
 from musiq_daemon.cli import models as models_cmd
+from musiq_daemon.cli import query as query_cmd
 from musiq_daemon.cli import score as score_cmd
 from musiq_daemon.errors import MusiqError
 
@@ -26,7 +29,10 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(db_cmd.app, name="db")
 app.command("score")(score_cmd.score)
+app.command("query")(query_cmd.query)
+app.command("stats")(query_cmd.show_stats)
 
 
 def _version(value: bool) -> None:

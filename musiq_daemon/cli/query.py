@@ -1,0 +1,132 @@
+"""``musiqd query`` and ``musiqd stats``: find photos by score, see what the index holds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from musiq_daemon.catalogue import load_catalogue
+from musiq_daemon.errors import UsageError
+from musiq_daemon.index import ResultRow, ScoreQuery, open_index, run_query, stats
+
+FORMATS = ("table", "json", "jsonl", "csv", "paths", "paths0")
+DB_HELP = "Index database: a file path or SQLAlchemy URL (default: $MUSIQD_DATABASE_URL or the data dir)."
+
+
+def _date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{option} '{value}' is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+    return parsed if parsed.tzinfo else parsed.astimezone()
+
+
+def query(
+    min_score: float = typer.Option(None, "--min", help="Lowest score (inclusive, reported scale)."),
+    max_score: float = typer.Option(None, "--max", help="Highest score (inclusive)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model id (default: koniq)."),
+    under: Path = typer.Option(
+        None, "--under", help="Only photos at or below this path (absolute or relative)."
+    ),
+    since: str = typer.Option(None, "--since", help="Photo date on or after (YYYY-MM-DD[THH:MM])."),
+    until: str = typer.Option(None, "--until", help="Photo date on or before."),
+    missing: bool = typer.Option(False, "--missing", help="Photos not yet scored by the model."),
+    failed: bool = typer.Option(False, "--failed", help="Photos the model failed to score, with the reason."),
+    sort: str = typer.Option(
+        "score", "--sort", help="score (best first), path or date (newest first); + or - to flip."
+    ),
+    limit: int = typer.Option(None, "--limit", help="At most this many photos."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, paths or paths0."),
+    database: str = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Find photos by score. Exit codes: 0 found (or none); 2 bad options; 8 index unreadable or too new.
+
+    json/jsonl/csv fields: path, score, raw, model, model_version, variant, resolution_policy, scored_at,
+    date, width, height, format, content_hash, error. paths0 separates paths with NUL (for xargs -0).
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
+    catalogue = load_catalogue()
+    model_id = catalogue.get(model or catalogue.default_model).id
+    q = ScoreQuery(
+        model=model_id, min_score=min_score, max_score=max_score, under=under, since=_date(since, "--since"),
+        until=_date(until, "--until"), missing=missing, failed=failed, sort=sort, limit=limit,
+    )  # fmt: skip
+    q.validate()
+    db = open_index(database)
+    try:
+        _emit(run_query(db, q), fmt)
+    finally:
+        db.close()
+
+
+def _emit(rows: Iterable[ResultRow], fmt: str) -> None:
+    out = sys.stdout
+    if fmt == "paths":
+        for row in rows:
+            out.write(row.path + "\n")
+    elif fmt == "paths0":
+        for row in rows:
+            out.write(row.path + "\0")
+    elif fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
+    elif fmt == "json":
+        json.dump([row.as_dict() for row in rows], out, ensure_ascii=False, indent=2)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=ResultRow.FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.as_dict())
+    else:
+        _table(rows)
+
+
+def _table(rows: Iterable[ResultRow]) -> None:
+    table = Table(show_edge=False, pad_edge=False)
+    for col, justify in (("score", "right"), ("date", "left"), ("size", "right"), ("path", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    count = 0
+    for row in rows:
+        count += 1
+        if row.error is not None:
+            score = Text("failed", style="red")
+        else:
+            score = Text("-" if row.score is None else f"{row.score:.2f}")
+        date = row.date.strftime("%Y-%m-%d") if row.date else "-"
+        size = f"{row.width}x{row.height}" if row.width else "-"
+        path = Text(row.path + (f"  ({row.error})" if row.error else ""))  # Text: no markup in file names
+        table.add_row(score, date, size, path)
+    console = Console()
+    if count:
+        console.print(table)
+    Console(stderr=True).print(f"{count} photo{'s' if count != 1 else ''}", highlight=False)
+
+
+def show_stats(database: str = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Photos, scores per model, queue, and a score histogram per model."""
+    db = open_index(database)
+    try:
+        s = stats(db)
+    finally:
+        db.close()
+    console = Console()
+    console.print(f"photos: {s.photos}" + (f" (+{s.vanished} no longer on disk)" if s.vanished else ""))
+    for m in s.models:
+        console.print(f"\n[bold]{m.model}[/bold]: scored {m.scored}, pending {m.pending}, failed {m.failed}")
+        peak = max((count for *_, count in m.histogram), default=0) or 1
+        for lo, hi, count in m.histogram:
+            bar = "█" * round(40 * count / peak)
+            console.print(f"  {lo:5.2f}-{hi:5.2f} {count:>8} {bar}", highlight=False)

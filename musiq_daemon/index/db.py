@@ -1,0 +1,177 @@
+"""Opening the index: SQLite by default (WAL, busy timeout, foreign keys), any SQLAlchemy URL otherwise.
+
+The schema is versioned with Alembic (``migrations/``). Opening a database created by an older musiqd
+upgrades it; one created by a newer musiqd is refused with a clear message (never downgraded silently).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+from musiq_daemon.errors import IndexDatabaseError
+from musiq_daemon.paths import data_dir
+
+#: Seconds a writer or reader waits for a lock before giving up (the daemon writes while users query).
+BUSY_TIMEOUT_S = 30
+
+
+def default_url() -> str:
+    """``$MUSIQD_DATABASE_URL``, else SQLite at ``<data dir>/index.sqlite3``."""
+    url = os.environ.get("MUSIQD_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{data_dir() / 'index.sqlite3'}"
+
+
+def url_for(database: str | None) -> str:
+    """A user's ``--db`` value: a SQLAlchemy URL or a file path (SQLite)."""
+    if not database:
+        return default_url()
+    if "://" in database:
+        return database
+    return f"sqlite:///{Path(database).expanduser().resolve()}"
+
+
+def migrations_dir() -> Path:
+    packaged = resources.files("musiq_daemon").joinpath("data/migrations")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent.parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL across application crashes
+        cursor.close()
+
+
+def _make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise IndexDatabaseError(
+            f"invalid database URL '{url}': use a file path or e.g. postgresql+psycopg://host/db"
+        ) from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            path = Path(database)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise IndexDatabaseError(
+                    f"cannot create the index folder {path.parent}: {exc.strerror}"
+                ) from None
+            if path.exists() and not os.access(path, os.R_OK):
+                raise IndexDatabaseError(f"cannot read the index {path}: permission denied")
+        # SQLite's own Python-level timeout, plus isolation handled by SQLAlchemy.
+        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
+    try:
+        engine = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise IndexDatabaseError(f"no database driver for '{parsed.drivername}': {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _alembic_config(engine: Engine | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["engine"] = engine
+    return config
+
+
+def _known_revisions() -> tuple[str, set[str]]:
+    """(head, every revision this musiqd knows)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    head = script.get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {migrations_dir()}")
+    return head, {rev.revision for rev in script.walk_revisions()}
+
+
+def head_revision() -> str:
+    return _known_revisions()[0]
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    from alembic import command
+
+    command.upgrade(_alembic_config(engine), "head")
+
+
+@dataclass
+class IndexDB:
+    """An open, up-to-date index."""
+
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with self.sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_index(database: str | None = None, *, upgrade_schema: bool = True) -> IndexDB:
+    """Open (creating or upgrading as needed) the index at ``database`` (URL or path; default per docs)."""
+    url = url_for(database)
+    engine = _make_engine(url)
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        current = current_revision(engine)
+        head, known = _known_revisions()
+        if current != head:
+            if current is not None and current not in known:
+                raise IndexDatabaseError(
+                    f"the index {shown} was written by a newer musiqd (schema {current}): upgrade musiqd"
+                )
+            if current is None and "photos" in inspect(engine).get_table_names():
+                raise IndexDatabaseError(
+                    f"{shown} has tables but no musiqd schema version: is it another program's database?"
+                )
+            if not upgrade_schema:
+                raise IndexDatabaseError(f"the index {shown} needs an upgrade: run 'musiqd db upgrade'")
+            upgrade(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise IndexDatabaseError(f"cannot open the index {shown}: {reason}") from None
+    except IndexDatabaseError:
+        engine.dispose()
+        raise
+    return IndexDB(url, engine, sessionmaker(engine, expire_on_commit=False))

@@ -1,0 +1,139 @@
+"""The index schema: typed SQLAlchemy 2 models.
+
+The index is both the user's catalogue of scores (``musiqd query``) and the daemon's memory: which file
+was scored by which exact model, what is queued, what failed and why, and which file versions musiqd
+wrote itself (so that its own writes are never mistaken for new photos).
+
+Paths are stored relative to their root, in :func:`musiq_daemon.index.paths.encode_path` form: UTF-8
+text in which undecodable bytes of a file name (and ``%`` itself) are percent-escaped, so any POSIX file
+name round-trips exactly and the column stays valid text for every database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Explicit constraint names keep migrations identical on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+JOB_STATES = ("pending", "running", "done", "failed")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Photo(Base):
+    """A photo file under a root. Never deleted: a vanished file gets ``missing_since``."""
+
+    __tablename__ = "photos"
+    __table_args__ = (UniqueConstraint("root", "rel_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root: Mapped[str] = mapped_column(Text)
+    rel_path: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(120), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    inode: Mapped[int | None] = mapped_column(BigInteger)
+    format: Mapped[str | None] = mapped_column(String(32))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    scores: Mapped[list[Score]] = relationship(back_populates="photo", cascade="all, delete-orphan")
+    jobs: Mapped[list[Job]] = relationship(back_populates="photo", cascade="all, delete-orphan")
+
+
+class Score(Base):
+    """One photo scored by one model version. ``is_latest`` marks the row queries use per (photo, model)."""
+
+    __tablename__ = "scores"
+    __table_args__ = (
+        UniqueConstraint("photo_id", "model_id", "model_version"),
+        # query --min/--max/--sort score for one model: an index range scan, not a table scan.
+        Index("ix_scores_model_latest_score", "model_id", "is_latest", "score"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    variant: Mapped[str] = mapped_column(String(32))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    is_latest: Mapped[bool] = mapped_column(Boolean, default=True)
+    score: Mapped[float] = mapped_column(Float)
+    raw: Mapped[float] = mapped_column(Float)
+    scale_min: Mapped[float] = mapped_column(Float)
+    scale_max: Mapped[float] = mapped_column(Float)
+    resolution_policy: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(16))
+    num_tokens: Mapped[int] = mapped_column(Integer)
+    duration_s: Mapped[float] = mapped_column(Float)
+    source: Mapped[str | None] = mapped_column(String(64))
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    written_to: Mapped[str | None] = mapped_column(String(16))  # "embedded", "sidecar" or "none"
+    written_path: Mapped[str | None] = mapped_column(Text)
+    rating_written: Mapped[int | None] = mapped_column(Integer)
+
+    photo: Mapped[Photo] = relationship(back_populates="scores")
+
+
+class Job(Base):
+    """The durable work queue: one row per (photo, model); survives restarts and kill -9."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("photo_id", "model_id"),
+        Index("ix_jobs_state_next_attempt", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    photo: Mapped[Photo] = relationship(back_populates="jobs")
+
+
+class WrittenFile(Base):
+    """The signature of every file version musiqd wrote (photos and sidecars), to ignore our own events."""
+
+    __tablename__ = "written_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)  # absolute, encode_path form
+    dev: Mapped[int] = mapped_column(BigInteger)
+    inode: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    written_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,251 @@
+"""Reading the index: the queries behind ``musiqd query`` and ``musiqd stats``, usable from Python.
+
+>>> from musiq_daemon.index import open_index, ScoreQuery, run_query
+>>> db = open_index()
+>>> for row in run_query(db, ScoreQuery(model="koniq", min_score=4, limit=100)):
+...     print(row.path, row.score)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy.orm import aliased
+
+from musiq_daemon.errors import UsageError
+from musiq_daemon.index.db import IndexDB
+from musiq_daemon.index.models import Job, Photo, Score
+from musiq_daemon.index.paths import decode_path, encode_path
+
+#: Sort keys and their default direction (best, A-Z and newest first).
+SORT_KEYS = {"score": "-", "path": "+", "date": "-"}
+
+
+@dataclass(frozen=True)
+class ScoreQuery:
+    """What ``musiqd query`` asks. Bounds are inclusive and on the model's reported scale."""
+
+    model: str
+    min_score: float | None = None
+    max_score: float | None = None
+    under: Path | None = None
+    since: datetime | None = None  # on the photo's date (capture time when known, else file time)
+    until: datetime | None = None
+    missing: bool = False  # photos not yet scored by this model
+    failed: bool = False  # photos whose scoring by this model failed
+    sort: str = "score"  # score|path|date, optionally suffixed + (ascending) or - (descending)
+    limit: int | None = None
+    include_vanished: bool = False  # also photos whose file has disappeared
+
+    def validate(self) -> None:
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise UsageError(f"--min {self.min_score:g} is above --max {self.max_score:g}: swap them")
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise UsageError("--since is after --until: swap them")
+        if self.missing and self.failed:
+            raise UsageError("--missing and --failed exclude each other: choose one")
+        if (self.missing or self.failed) and (self.min_score is not None or self.max_score is not None):
+            raise UsageError("--min/--max need scores: they cannot be combined with --missing or --failed")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1 (got {self.limit})")
+        parse_sort(self.sort)
+
+
+def parse_sort(text: str) -> tuple[str, bool]:
+    """``score-`` -> ("score", descending=True). Plain keys use their natural direction."""
+    key, direction = text.rstrip("+-"), text[len(text.rstrip("+-")) :]
+    if key not in SORT_KEYS or direction not in ("", "+", "-"):
+        raise UsageError(f"unknown sort '{text}': use score, path or date, optionally followed by + or -")
+    return key, (direction or SORT_KEYS[key]) == "-"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One line of ``musiqd query`` output. Field names are the stable JSON/CSV columns."""
+
+    path: str
+    score: float | None
+    raw: float | None
+    model: str
+    model_version: str | None
+    variant: str | None
+    resolution_policy: str | None
+    scored_at: datetime | None
+    date: datetime | None
+    width: int | None
+    height: int | None
+    format: str | None
+    content_hash: str | None
+    error: str | None = None
+
+    FIELDS = (
+        "path", "score", "raw", "model", "model_version", "variant", "resolution_policy", "scored_at",
+        "date", "width", "height", "format", "content_hash", "error",
+    )  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.FIELDS:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+def _under_condition(db: IndexDB, under: Path) -> ColumnElement[bool]:
+    """Photos at or below ``under`` (absolute, or relative to the current directory)."""
+    target = Path(os.path.abspath(under))
+    encoded = encode_path(target)
+    with db.session() as session:
+        roots = list(session.scalars(select(Photo.root).distinct()))
+    terms: list[ColumnElement[bool]] = [
+        Photo.root == encoded,
+        Photo.root.startswith(encoded.rstrip("/") + "/", autoescape=True),
+    ]
+    for root in roots:
+        root_path = Path(decode_path(root))
+        if target != root_path and target.is_relative_to(root_path):
+            rel = encode_path(target.relative_to(root_path))
+            terms.append(
+                and_(
+                    Photo.root == root,
+                    or_(Photo.rel_path == rel, Photo.rel_path.startswith(rel + "/", autoescape=True)),
+                )
+            )
+    return or_(*terms) if terms else false()
+
+
+def _statement(db: IndexDB, q: ScoreQuery) -> Select[Photo, Score, Job]:
+    latest = aliased(Score)
+    job = aliased(Job)
+    on_score = and_(latest.photo_id == Photo.id, latest.model_id == q.model, latest.is_latest.is_(True))
+    on_job = and_(job.photo_id == Photo.id, job.model_id == q.model)
+    stmt = select(Photo, latest, job)
+    # Each form starts from the table its filter narrows, so the planner can use that table's index.
+    if q.missing:
+        stmt = stmt.select_from(Photo).outerjoin(latest, on_score).outerjoin(job, on_job)
+        stmt = stmt.where(latest.id.is_(None))
+    elif q.failed:
+        stmt = stmt.select_from(job).join(Photo, on_job).outerjoin(latest, on_score)
+        stmt = stmt.where(job.state == "failed")
+    else:
+        stmt = stmt.select_from(latest).join(Photo, on_score).outerjoin(job, on_job)
+        if q.min_score is not None:
+            stmt = stmt.where(latest.score >= q.min_score)
+        if q.max_score is not None:
+            stmt = stmt.where(latest.score <= q.max_score)
+    if not q.include_vanished:
+        stmt = stmt.where(Photo.missing_since.is_(None))
+    if q.under is not None:
+        stmt = stmt.where(_under_condition(db, q.under))
+    if q.since is not None:
+        stmt = stmt.where(Photo.taken_at >= q.since)
+    if q.until is not None:
+        stmt = stmt.where(Photo.taken_at <= q.until)
+    key, descending = parse_sort(q.sort)
+    order: list[ColumnElement[Any]]
+    if key == "score" and not (q.missing or q.failed):
+        order = [latest.score.desc() if descending else latest.score.asc()]
+    elif key == "date":
+        order = [Photo.taken_at.desc() if descending else Photo.taken_at.asc()]
+    else:
+        order = (
+            [Photo.root.desc(), Photo.rel_path.desc()]
+            if descending
+            else [Photo.root.asc(), Photo.rel_path.asc()]
+        )
+    stmt = stmt.order_by(*order, Photo.id)
+    if q.limit is not None:
+        stmt = stmt.limit(q.limit)
+    return stmt
+
+
+def run_query(db: IndexDB, q: ScoreQuery, *, batch: int = 2000) -> Iterator[ResultRow]:
+    """Stream the matching photos (constant memory, also for a million rows)."""
+    q.validate()
+    stmt = _statement(db, q)
+    with db.session() as session:
+        for photo, score, job in session.execute(stmt.execution_options(yield_per=batch)):
+            yield ResultRow(
+                path=decode_path(photo.root.rstrip("/") + "/" + photo.rel_path),
+                score=score.score if score is not None else None,
+                raw=score.raw if score is not None else None,
+                model=q.model,
+                model_version=score.model_version if score is not None else None,
+                variant=score.variant if score is not None else None,
+                resolution_policy=score.resolution_policy if score is not None else None,
+                scored_at=score.scored_at if score is not None else None,
+                date=photo.taken_at,
+                width=photo.width,
+                height=photo.height,
+                format=photo.format,
+                content_hash=photo.content_hash,
+                error=job.last_error if job is not None else None,
+            )
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model: str
+    scored: int
+    pending: int
+    failed: int
+    scale: tuple[float, float]
+    histogram: list[tuple[float, float, int]] = field(default_factory=list)  # (from, to, count)
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    photos: int
+    vanished: int
+    models: list[ModelStats]
+
+
+def stats(db: IndexDB, *, bins: int = 16) -> IndexStats:
+    """Counts per model, queue state, and a score histogram per model (bins across the model's scale)."""
+    with db.session() as session:
+        photos = session.scalar(select(func.count()).select_from(Photo).where(Photo.missing_since.is_(None)))
+        vanished = session.scalar(
+            select(func.count()).select_from(Photo).where(Photo.missing_since.is_not(None))
+        )
+        live = Photo.missing_since.is_(None)
+        per_model = session.execute(
+            select(Score.model_id, func.count(), func.min(Score.scale_min), func.max(Score.scale_max))
+            .join(Photo, Photo.id == Score.photo_id)
+            .where(Score.is_latest.is_(True), live)
+            .group_by(Score.model_id)
+        ).all()
+        waiting_states = ("pending", "running", "failed")
+        queue = session.execute(
+            select(Job.model_id, Job.state, func.count())
+            .where(Job.state.in_(waiting_states))
+            .group_by(Job.model_id, Job.state)
+        ).all()
+        queued: dict[str, dict[str, int]] = {}
+        for job_model, job_state, count in queue:
+            queued.setdefault(job_model, {})[job_state] = count
+        models = []
+        for model_id in sorted({m for m, *_ in per_model} | set(queued)):
+            scored, lo, hi = next(((c, lo, hi) for m, c, lo, hi in per_model if m == model_id), (0, 1.0, 5.0))
+            width = (hi - lo) / bins
+            bucket = func.min(func.floor((Score.score - lo) / width), bins - 1)
+            counts: dict[int, int] = dict(
+                session.execute(
+                    select(bucket, func.count())
+                    .join(Photo, Photo.id == Score.photo_id)
+                    .where(Score.model_id == model_id, Score.is_latest.is_(True), live)
+                    .group_by(bucket)
+                ).all()
+            )
+            histogram = [(lo + i * width, lo + (i + 1) * width, int(counts.get(i, 0))) for i in range(bins)]
+            waiting = queued.get(model_id, {})
+            models.append(
+                ModelStats(model_id, scored, waiting.get("pending", 0) + waiting.get("running", 0),
+                           waiting.get("failed", 0), (lo, hi), histogram)
+            )  # fmt: skip
+    return IndexStats(int(photos or 0), int(vanished or 0), models)

@@ -1,0 +1,126 @@
+"""Writing to the index: photos as they are seen, scores as they are made, files as musiqd writes them."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from musiq_daemon.api import ScoreRecord
+from musiq_daemon.index.models import Photo, Score, WrittenFile
+from musiq_daemon.index.paths import encode_path
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def split_root(path: Path, roots: list[Path] | None = None) -> tuple[Path, Path]:
+    """(root, relative path) of a file: the longest configured root containing it, else its folder."""
+    path = Path(os.path.abspath(path))
+    for root in sorted(roots or [], key=lambda r: len(str(r)), reverse=True):
+        root = Path(os.path.abspath(root))
+        if path.is_relative_to(root) and path != root:
+            return root, path.relative_to(root)
+    return path.parent, Path(path.name)
+
+
+def upsert_photo(
+    session: Session,
+    path: Path,
+    *,
+    roots: list[Path] | None = None,
+    content_hash: str | None = None,
+    fmt: str | None = None,
+    size_hw: tuple[int, int] | None = None,
+    taken_at: datetime | None = None,
+) -> Photo:
+    """The photo row for ``path``, created or refreshed from the file's current stat."""
+    root, rel = split_root(path, roots)
+    st = path.stat()
+    key_root, key_rel = encode_path(root), encode_path(rel)
+    photo = session.scalars(select(Photo).where(Photo.root == key_root, Photo.rel_path == key_rel)).first()
+    seen = now()
+    if photo is None:
+        photo = Photo(
+            root=key_root, rel_path=key_rel, first_seen=seen, size=st.st_size, mtime_ns=st.st_mtime_ns
+        )
+        session.add(photo)
+    photo.size, photo.mtime_ns, photo.inode = st.st_size, st.st_mtime_ns, st.st_ino
+    photo.last_seen, photo.missing_since = seen, None
+    if content_hash is not None:
+        photo.content_hash = content_hash
+    if fmt is not None:
+        photo.format = fmt
+    if size_hw is not None:
+        photo.height, photo.width = size_hw
+    if taken_at is not None:
+        photo.taken_at = taken_at
+    session.flush()
+    return photo
+
+
+def record_score(
+    session: Session,
+    photo: Photo,
+    record: ScoreRecord,
+    *,
+    written_to: str | None = None,
+    written_path: Path | None = None,
+    rating_written: int | None = None,
+) -> Score:
+    """Store ``record`` as the latest score of ``photo`` for its model (one row per model version)."""
+    session.execute(
+        update(Score)
+        .where(Score.photo_id == photo.id, Score.model_id == record.model_id, Score.is_latest.is_(True))
+        .values(is_latest=False)
+    )
+    row = session.scalars(
+        select(Score).where(
+            Score.photo_id == photo.id,
+            Score.model_id == record.model_id,
+            Score.model_version == record.model_version,
+        )
+    ).first()
+    if row is None:
+        row = Score(photo_id=photo.id, model_id=record.model_id, model_version=record.model_version)
+        session.add(row)
+    row.variant = record.variant
+    row.model_sha256 = record.model_sha256
+    row.is_latest = True
+    row.score, row.raw = record.score, record.raw
+    row.scale_min, row.scale_max = record.scale_min, record.scale_max
+    row.resolution_policy = record.resolution_policy
+    row.device = record.device
+    row.num_tokens = record.num_tokens
+    row.duration_s = record.duration
+    row.source = record.source
+    row.scored_at = datetime.fromisoformat(record.scored_at)
+    row.written_to = written_to
+    row.written_path = encode_path(written_path) if written_path is not None else None
+    row.rating_written = rating_written
+    session.flush()
+    return row
+
+
+def record_written_file(session: Session, path: Path, st: os.stat_result) -> None:
+    """Remember the exact version of a file musiqd wrote, so its change events are recognised as ours."""
+    key = encode_path(os.path.abspath(path))
+    row = session.scalars(select(WrittenFile).where(WrittenFile.path == key)).first()
+    if row is None:
+        row = WrittenFile(
+            path=key,
+            dev=st.st_dev,
+            inode=st.st_ino,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            written_at=now(),
+        )
+        session.add(row)
+    else:
+        row.dev, row.inode, row.size, row.mtime_ns = st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+        row.written_at = now()
+    session.flush()
