@@ -72,25 +72,25 @@ class DownloadError(MusiqError):
 class WriteError(MusiqError):
     """Writing a photo or sidecar failed; the original file is unchanged."""
 
-    exit_code = 8
+    exit_code = 9
 
 
 class ReadOnlyError(WriteError):
     """The file or its directory cannot be written (read-only mount, no permission, foreign owner)."""
 
-    exit_code = 9
+    exit_code = 10
 
 
 class DiskFullError(WriteError):
     """No space (or quota) left to write the new version of a file."""
 
-    exit_code = 10
+    exit_code = 11
 
 
 class FileChangedError(WriteError):
     """Another program changed, moved or created the file while musiqd was writing it; retry later."""
 
-    exit_code = 11
+    exit_code = 12
 
 
 class IndexDatabaseError(MusiqError):

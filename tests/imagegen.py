@@ -420,3 +420,224 @@ def make_dng(
     """Write :func:`dng_bytes` to ``path`` and return it."""
     path.write_bytes(dng_bytes(width, height, preview=preview, orientation=orientation, seed=seed))
     return path
+
+
+# --- large files ------------------------------------------------------------------------------------------
+
+
+def motion_photo_bytes(width: int, height: int, *, video_bytes: int, seed: int = 0) -> bytes:
+    """A phone "motion photo": a camera JPEG followed, after its EOI marker, by a video clip of about
+    ``video_bytes`` (an MP4 ``ftyp`` box and an ``mdat`` box of incompressible data, as phones append it).
+    Big files with a real, decodable photo at the front, cheap to generate."""
+    photo = jpeg_bytes(width, height, seed=seed)
+    payload = np.random.default_rng(seed).bytes(max(0, video_bytes - 32))
+    ftyp = struct.pack(">I", 24) + b"ftypmp42" + struct.pack(">I", 0) + b"isommp42"
+    mdat = struct.pack(">I", 8 + len(payload)) + b"mdat" + payload
+    return photo + ftyp + mdat
+
+
+def large_tiff16_bytes(target_bytes: int, *, seed: int = 0) -> bytes:
+    """An uncompressed 16-bit RGB TIFF (:func:`tiff16_bytes`) of about ``target_bytes``, as a scanner or a
+    raw converter exports it. The scene is rendered at a small size and tiled, which keeps generating a
+    25 MB file well under a second."""
+    side = max(2, int((target_bytes / 6) ** 0.5))
+    tile = scene16(min(side, 512), min(side, 512), seed=seed)
+    reps = -(-side // tile.shape[0])
+    pixels = np.tile(tile, (reps, reps, 1))[:side, :side]
+    return tiff16_bytes(np.ascontiguousarray(pixels))
+
+
+# --- photos as they arrive after a camera and a photo manager (metadata tests) ----------------------------
+
+GPS_IFD = 0x8825
+MAKER_NOTE = 0x927C
+USER_KEYWORDS = ("Paris", "holiday", "Eiffel")
+USER_HIERARCHY = ("Places|France|Paris", "holiday", "Places|France|Eiffel")
+
+
+def nikon_makernote() -> bytes:
+    """A small Nikon type-3 maker note: "Nikon" header, then its own TIFF header and IFD, with offsets
+    relative to that header (which is what makes it survive relocation, as in real files)."""
+    entries = [
+        (0x0001, 7, 4, b"0210"),  # MakerNoteVersion
+        (0x0002, 3, 2, struct.pack(">HH", 0, 200)),  # ISO
+        (0x0004, 2, 8, b"FINE   \0"),  # Quality
+        (0x0005, 2, 8, b"AUTO   \0"),  # WhiteBalance
+    ]
+    values_at = 8 + 2 + 12 * len(entries) + 4
+    table, values = b"", b""
+    for tag, kind, count, raw in entries:
+        if len(raw) <= 4:
+            table += struct.pack(">HHI", tag, kind, count) + raw.ljust(4, b"\0")
+        else:
+            table += struct.pack(">HHII", tag, kind, count, values_at + len(values))
+            values += raw
+    ifd = struct.pack(">H", len(entries)) + table + b"\0\0\0\0" + values
+    return b"Nikon\0\x02\x10\0\0" + b"MM\0*" + struct.pack(">I", 8) + ifd
+
+
+def photo_exif() -> Image.Exif:
+    """:func:`camera_exif` of a Nikon with GPS (Paris) and a maker note."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    exif = camera_exif(make="NIKON CORPORATION", model="NIKON Z 6")
+    exif.get_ifd(EXIF_IFD)[MAKER_NOTE] = nikon_makernote()
+    gps = exif.get_ifd(GPS_IFD)
+    gps[0] = b"\x02\x03\x00\x00"  # GPSVersionID
+    gps[1], gps[2] = "N", (IFDRational(48, 1), IFDRational(51, 1), IFDRational(2397, 100))
+    gps[3], gps[4] = "E", (IFDRational(2, 1), IFDRational(17, 1), IFDRational(4012, 100))
+    return exif
+
+
+def srgb_icc() -> bytes:
+    """An sRGB ICC profile, as editors embed it."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def exiftool(*args: str | Path) -> str:
+    """Run exiftool (the independent reference for metadata) and return its output."""
+    import subprocess
+
+    done = subprocess.run(["exiftool", *map(str, args)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"exiftool {args}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def make_photo(
+    path: Path,
+    width: int,
+    height: int,
+    *,
+    rating: int | None = 2,
+    keywords: Sequence[str] = USER_KEYWORDS,
+    hierarchy: Sequence[str] = USER_HIERARCHY,
+    extra_xmp: Sequence[str] = (),
+    seed: int = 0,
+    pixels: U8 | None = None,
+    **save_kwargs: object,
+) -> Path:
+    """A photo in the format of ``path``'s suffix (JPEG, TIFF, PNG, WebP) as it looks after a camera and a
+    photo manager: camera EXIF with GPS and a maker note, an sRGB ICC profile, an EXIF thumbnail (not in
+    TIFF, where a thumbnail is a second page), XMP keywords (flat and hierarchical) and, unless ``rating``
+    is None, the user's stars in XMP and EXIF. ``extra_xmp``: more exiftool assignments
+    (``-XMP-digiKam:TagsList=...``). ``pixels`` (RGB, ``height`` x ``width``) replaces the scene, e.g.
+    for large files that are cheaper to make by tiling."""
+    img = Image.fromarray(scene(width, height, seed=seed) if pixels is None else pixels)
+    img.save(path, exif=photo_exif().tobytes(), icc_profile=srgb_icc(), **save_kwargs)  # type: ignore[arg-type]
+    args: list[str | Path] = ["-q", "-overwrite_original"]
+    thumb = None
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        thumb = path.with_name(path.stem + ".thumb.jpg")
+        Image.fromarray(scene(160, max(1, 160 * height // width), seed=seed)).save(thumb, quality=80)
+        args.append(f"-ThumbnailImage<={thumb}")
+    args += [f"-XMP-dc:Subject={k}" for k in keywords]
+    args += [f"-XMP-lr:HierarchicalSubject={k}" for k in hierarchy]
+    if rating is not None:
+        percent = {0: 0, 1: 1, 2: 25, 3: 50, 4: 75, 5: 99}.get(rating, 0)
+        args += [f"-XMP-xmp:Rating={rating}", f"-IFD0:Rating={rating}", f"-IFD0:RatingPercent={percent}"]
+    exiftool(*args, *extra_xmp, path)
+    if thumb is not None:
+        thumb.unlink()
+    return path
+
+
+def lightroom_sidecar(*, rating: int = 3) -> str:
+    """An ``IMG_1234.xmp`` as Lightroom Classic writes it for a RAW: camera data, develop settings (crs:*,
+    with a tone curve and a look struct), history, a two-language title, keywords and stars."""
+    return f"""<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 7.0-c000 1.000000">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:aux="http://ns.adobe.com/exif/1.0/aux/"
+    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"
+    xmlns:stEvt="http://ns.adobe.com/xap/1.0/sType/ResourceEvent#" xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/" xmlns:lr="http://ns.adobe.com/lightroom/1.0/"
+   tiff:Make="Canon" tiff:Model="Canon EOS R6" tiff:Orientation="1"
+   exif:ExifVersion="0231" exif:ExposureTime="1/250" exif:FNumber="56/10"
+   exif:DateTimeOriginal="2023-06-14T17:42:09.12+02:00" exif:FocalLength="350/10"
+   xmp:ModifyDate="2023-06-20T10:00:00+02:00" xmp:CreateDate="2023-06-14T17:42:09.12+02:00"
+   xmp:MetadataDate="2023-06-20T10:00:00+02:00" xmp:CreatorTool="Canon EOS R6" xmp:Rating="{rating}"
+   xmp:Label="Red" aux:SerialNumber="012345678901" aux:Lens="RF24-105mm F4 L IS USM"
+   photoshop:DateCreated="2023-06-14T17:42:09.12+02:00"
+   xmpMM:DocumentID="xmp.did:1b2c3d4e-5f60-4a1b-9c2d-3e4f5a6b7c8d"
+   xmpMM:InstanceID="xmp.iid:1b2c3d4e-5f60-4a1b-9c2d-3e4f5a6b7c8d"
+   crs:Version="15.4" crs:ProcessVersion="11.0" crs:WhiteBalance="As Shot" crs:Exposure2012="+0.35"
+   crs:Contrast2012="+12" crs:Highlights2012="-45" crs:Shadows2012="+30" crs:Clarity2012="+10"
+   crs:Vibrance="+15" crs:ToneCurveName2012="Linear" crs:CameraProfile="Adobe Standard"
+   crs:HasSettings="True" crs:HasCrop="True" crs:CropTop="0.05" crs:CropLeft="0.04"
+   crs:CropBottom="0.95" crs:CropRight="0.96" crs:CropAngle="1.2">
+   <exif:ISOSpeedRatings><rdf:Seq><rdf:li>200</rdf:li></rdf:Seq></exif:ISOSpeedRatings>
+   <exif:Flash rdf:parseType="Resource">
+    <exif:Fired>False</exif:Fired><exif:Return>0</exif:Return><exif:Mode>2</exif:Mode>
+   </exif:Flash>
+   <dc:title><rdf:Alt>
+    <rdf:li xml:lang="x-default">Sunset over the Seine</rdf:li>
+    <rdf:li xml:lang="fr-FR">Coucher de soleil sur la Seine</rdf:li>
+   </rdf:Alt></dc:title>
+   <dc:subject><rdf:Bag>{"".join(f"<rdf:li>{k}</rdf:li>" for k in USER_KEYWORDS)}</rdf:Bag></dc:subject>
+   <lr:hierarchicalSubject><rdf:Bag>{"".join(f"<rdf:li>{k}</rdf:li>" for k in USER_HIERARCHY)}</rdf:Bag>
+   </lr:hierarchicalSubject>
+   <xmpMM:History><rdf:Seq>
+    <rdf:li stEvt:action="saved" stEvt:instanceID="xmp.iid:1b2c3d4e-5f60-4a1b-9c2d-3e4f5a6b7c8d"
+     stEvt:when="2023-06-20T10:00:00+02:00" stEvt:softwareAgent="Adobe Photoshop Lightroom Classic 12.4"
+     stEvt:changed="/metadata"/>
+   </rdf:Seq></xmpMM:History>
+   <crs:ToneCurvePV2012><rdf:Seq>
+    <rdf:li>0, 0</rdf:li><rdf:li>64, 60</rdf:li><rdf:li>255, 255</rdf:li>
+   </rdf:Seq></crs:ToneCurvePV2012>
+   <crs:Look>
+    <rdf:Description crs:Name="Adobe Color" crs:Amount="1" crs:UUID="B952C231111CD8E0ECCF14B86BAA7077">
+    <crs:Group><rdf:Alt><rdf:li xml:lang="x-default">Profiles</rdf:li></rdf:Alt></crs:Group>
+    <crs:Parameters><rdf:Description crs:Version="15.4" crs:ConvertToGrayscale="False"/></crs:Parameters>
+   </rdf:Description></crs:Look>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+"""
+
+
+def darktable_sidecar(raw_name: str, *, rating: int = 1) -> str:
+    """An ``IMG_1234.CR2.xmp`` as darktable writes it: its history stack (module parameters), hashes and
+    tags (darktable adds ``darktable|...`` tags of its own)."""
+    history = "".join(
+        f"""
+     <rdf:li darktable:num="{num}" darktable:operation="{op}" darktable:enabled="1"
+      darktable:modversion="{version}" darktable:params="{params}" darktable:multi_name=""
+      darktable:multi_priority="0" darktable:blendop_version="11"
+      darktable:blendop_params="gz08eJxjYGBgYAFiCQYYOOHEgAYY0QVwggZ7CB6pfNoAAGHWBBc="/>"""
+        for num, (op, version, params) in enumerate(
+            [
+                ("rawprepare", 1, "0000000000000000000000000000000000000000"),
+                ("exposure", 6, "00000000000080b90000803f00004842000080c0"),
+                ("filmicrgb", 6, "gz11eJxjZGBgkGAAgRNODGiAEV0AJ2iwh+CRyqcNAAA="),
+            ]
+        )
+    )
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/" xmlns:darktable="http://darktable.sf.net/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:lr="http://ns.adobe.com/lightroom/1.0/"
+   exif:DateTimeOriginal="2023:06:14 17:42:09.120" xmp:Rating="{rating}" xmpMM:DerivedFrom="{raw_name}"
+   darktable:import_timestamp="63822345678000000" darktable:change_timestamp="63822345999000000"
+   darktable:export_timestamp="-1" darktable:print_timestamp="-1" darktable:xmp_version="5"
+   darktable:raw_params="0" darktable:auto_presets_applied="1" darktable:workflow="scene-referred (filmic)"
+   darktable:history_end="3" darktable:iop_order_version="4"
+   darktable:history_basic_hash="c9d1b6ad0f4a1e6b3b5d6a7f8e9c0b1a"
+   darktable:history_current_hash="0f4a1e6b3b5d6a7f8e9c0b1ac9d1b6ad">
+   <darktable:masks_history><rdf:Seq/></darktable:masks_history>
+   <darktable:history><rdf:Seq>{history}
+   </rdf:Seq></darktable:history>
+   <dc:subject><rdf:Bag><rdf:li>birds</rdf:li><rdf:li>darktable|format|cr2</rdf:li></rdf:Bag></dc:subject>
+   <lr:hierarchicalSubject><rdf:Bag>
+    <rdf:li>animals|birds</rdf:li><rdf:li>darktable|format|cr2</rdf:li>
+   </rdf:Bag></lr:hierarchicalSubject>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+"""

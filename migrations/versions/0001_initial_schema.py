@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+import musiq_daemon.index.models
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -28,10 +30,10 @@ def upgrade() -> None:
         sa.Column("format", sa.String(length=32), nullable=True),
         sa.Column("width", sa.Integer(), nullable=True),
         sa.Column("height", sa.Integer(), nullable=True),
-        sa.Column("taken_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("missing_since", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("taken_at", musiq_daemon.index.models.UTCDateTime(), nullable=True),
+        sa.Column("first_seen", musiq_daemon.index.models.UTCDateTime(), nullable=False),
+        sa.Column("last_seen", musiq_daemon.index.models.UTCDateTime(), nullable=False),
+        sa.Column("missing_since", musiq_daemon.index.models.UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_photos")),
         sa.UniqueConstraint("root", "rel_path", name=op.f("uq_photos_root_rel_path")),
     )
@@ -47,7 +49,7 @@ def upgrade() -> None:
         sa.Column("inode", sa.BigInteger(), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("mtime_ns", sa.BigInteger(), nullable=False),
-        sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("written_at", musiq_daemon.index.models.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_written_files")),
         sa.UniqueConstraint("path", name=op.f("uq_written_files_path")),
     )
@@ -59,9 +61,9 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", musiq_daemon.index.models.UTCDateTime(), nullable=True),
+        sa.Column("created_at", musiq_daemon.index.models.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", musiq_daemon.index.models.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["photo_id"], ["photos.id"], name=op.f("fk_jobs_photo_id_photos"), ondelete="CASCADE"
         ),
@@ -90,7 +92,7 @@ def upgrade() -> None:
         sa.Column("num_tokens", sa.Integer(), nullable=False),
         sa.Column("duration_s", sa.Float(), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=True),
-        sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("scored_at", musiq_daemon.index.models.UTCDateTime(), nullable=False),
         sa.Column("written_to", sa.String(length=16), nullable=True),
         sa.Column("written_path", sa.Text(), nullable=True),
         sa.Column("rating_written", sa.Integer(), nullable=True),

@@ -81,10 +81,12 @@ def _emit(rows: Iterable[ResultRow], fmt: str) -> None:
             out.write(row.path + "\0")
     elif fmt == "jsonl":
         for row in rows:
-            out.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
+            out.write(_json(row.as_dict()) + "\n")
     elif fmt == "json":
-        json.dump([row.as_dict() for row in rows], out, ensure_ascii=False, indent=2)
-        out.write("\n")
+        out.write("[")
+        for i, row in enumerate(rows):
+            out.write(("," if i else "") + "\n  " + _json(row.as_dict()))
+        out.write("\n]\n")
     elif fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=ResultRow.FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -92,6 +94,22 @@ def _emit(rows: Iterable[ResultRow], fmt: str) -> None:
             writer.writerow(row.as_dict())
     else:
         _table(rows)
+
+
+def _json(data: dict[str, object]) -> str:
+    """JSON that is always valid UTF-8: a file name with undecodable bytes is written with \\u escapes
+    (json.loads gives back the surrogate-escaped name, os.fsencode the original bytes)."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data)
+    return text
+
+
+def _shown(path: str) -> str:
+    """A path for people: undecodable bytes shown as \\xNN instead of breaking the terminal."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _table(rows: Iterable[ResultRow]) -> None:
@@ -107,9 +125,12 @@ def _table(rows: Iterable[ResultRow]) -> None:
             score = Text("-" if row.score is None else f"{row.score:.2f}")
         date = row.date.strftime("%Y-%m-%d") if row.date else "-"
         size = f"{row.width}x{row.height}" if row.width else "-"
-        path = Text(row.path + (f"  ({row.error})" if row.error else ""))  # Text: no markup in file names
+        path = Text(
+            _shown(row.path) + (f"  ({row.error})" if row.error else "")
+        )  # Text: no markup in file names
         table.add_row(score, date, size, path)
-    console = Console()
+    # Off a terminal rich assumes 80 columns and would wrap paths; let long paths stay on one line.
+    console = Console() if sys.stdout.isatty() else Console(width=4096)
     if count:
         console.print(table)
     Console(stderr=True).print(f"{count} photo{'s' if count != 1 else ''}", highlight=False)

@@ -3,4 +3,13 @@
 from musiq_daemon.index.db import IndexDB, open_index
 from musiq_daemon.index.queries import IndexStats, ModelStats, ResultRow, ScoreQuery, run_query, stats
 
-__all__ = ["IndexDB", "IndexStats", "ModelStats", "ResultRow", "ScoreQuery", "open_index", "run_query", "stats"]
+__all__ = [
+    "IndexDB",
+    "IndexStats",
+    "ModelStats",
+    "ResultRow",
+    "ScoreQuery",
+    "open_index",
+    "run_query",
+    "stats",
+]

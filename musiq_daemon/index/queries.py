@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Integer, Select, and_, case, cast, false, func, or_, select
 from sqlalchemy.orm import aliased
 
 from musiq_daemon.errors import UsageError
@@ -233,7 +233,10 @@ def stats(db: IndexDB, *, bins: int = 16) -> IndexStats:
         for model_id in sorted({m for m, *_ in per_model} | set(queued)):
             scored, lo, hi = next(((c, lo, hi) for m, c, lo, hi in per_model if m == model_id), (0, 1.0, 5.0))
             width = (hi - lo) / bins
-            bucket = func.min(func.floor((Score.score - lo) / width), bins - 1)
+            # Portable bucketing (SQLite and PostgreSQL): the top edge belongs to the last bin.
+            bucket = case(
+                (Score.score >= hi, bins - 1), else_=cast(func.floor((Score.score - lo) / width), Integer)
+            )
             counts: dict[int, int] = dict(
                 session.execute(
                     select(bucket, func.count())

@@ -48,6 +48,7 @@ from musiq_daemon.model.config import (
     MusiqConfig,
     expected_shapes,
 )
+from musiq_daemon.model.reference import GN_ROOT_EPSILON, GN_UNIT_EPSILON, GROUPS, LN_EPSILON
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,10 @@ OUTPUT_LAYOUT = (
 
 _TF_MISSING = "converting needs TensorFlow: pip install 'musiq-daemon[convert]'"
 
-# GroupNorm: 32 groups everywhere; the root norm uses flax's default epsilon, the bottleneck unit 1e-4.
-_GN_GROUPS = 32
-_GN_EPS_ROOT = 1e-6
-_GN_EPS_UNIT = 1e-4
-_LN_EPS = 1e-6
-# Added to the attention logits of padding keys. The official model uses -1e10; any value that drives
-# exp() to exactly zero behaves the same, and this one survives the fp16 weight conversion (1e10 would
-# become inf there, and 0 * inf = NaN for the real tokens).
+# Added to the attention logits of padding keys. The official model adds -1e10; any value that drives
+# exp() to exactly zero gives the same result, and this one stays finite in IEEE half precision, should
+# the runtime ever run the graph in fp16 (XNNPACK can, on CPUs with fp16 arithmetic): -1e10 would become
+# -inf there, and 0 * -inf = NaN for every real token.
 _MASK_BIAS = -3.0e4
 
 
@@ -154,6 +151,8 @@ def convert_checkpoint(
     metadata_path = out_path.with_suffix(".json")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        # Model first, description second: an interruption in between leaves a JSON whose checksum no
+        # longer matches, which the model store reports as "re-create it" - never a silently wrong model.
         _write_atomically(out_path, flatbuffer)
         text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
         _write_atomically(metadata_path, text.encode("utf-8"))
@@ -214,7 +213,7 @@ def _export_weights(
     p = {key: np.asarray(value, dtype=np.float32) for key, value in params.items()}
     w: dict[str, npt.NDArray[np.float32]] = {}
     for key in STD_CONV_KERNELS:
-        w[key] = standardize_kernel(p[key]).astype(np.float32)
+        w[key] = standardize_kernel(p[key])
     for key in expected_shapes(config):
         if key.startswith(("gn_", "block1/")) and not key.endswith("kernel"):
             w[key] = p[key].reshape(-1)  # (1,1,1,C) -> (C,): broadcasts over NHWC
@@ -280,7 +279,7 @@ def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], confi
 
     def group_norm(x: Any, prefix: str, eps: float) -> Any:
         _, height, width, channels = x.shape
-        grouped = tf.reshape(x, [-1, height * width, _GN_GROUPS, channels // _GN_GROUPS])
+        grouped = tf.reshape(x, [-1, height * width, GROUPS, channels // GROUPS])
         centred = grouped - tf.reduce_mean(grouped, axis=[1, 3], keepdims=True)
         variance = tf.reduce_mean(tf.square(centred), axis=[1, 3], keepdims=True)
         normed = tf.reshape(centred * tf.math.rsqrt(variance + eps), [-1, height, width, channels])
@@ -292,9 +291,8 @@ def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], confi
     def layer_norm(x: Any, prefix: str) -> Any:
         centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
         variance = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
-        return centred * tf.math.rsqrt(variance + _LN_EPS) * const(f"{prefix}/scale") + const(
-            f"{prefix}/bias"
-        )
+        normed = centred * tf.math.rsqrt(variance + LN_EPSILON)
+        return normed * const(f"{prefix}/scale") + const(f"{prefix}/bias")
 
     def dense(x: Any, prefix: str) -> Any:
         return tf.matmul(x, const(f"{prefix}/kernel")) + const(f"{prefix}/bias")
@@ -303,13 +301,13 @@ def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], confi
         return tf.transpose(tf.reshape(x, [-1, heads, head_dim]), [1, 0, 2])
 
     def stem(pixels: Any) -> Any:  # [N, 32, 32, 3] -> [N, 16384]
-        x = tf.nn.relu(group_norm(conv(pixels, "conv_root/kernel", 2), "gn_root", _GN_EPS_ROOT))
+        x = tf.nn.relu(group_norm(conv(pixels, "conv_root/kernel", 2), "gn_root", GN_ROOT_EPSILON))
         x = tf.nn.max_pool2d(x, ksize=3, strides=2, padding="SAME")
         unit = "block1/unit1/"
-        residual = group_norm(conv(x, f"{unit}conv_proj/kernel", 1), f"{unit}gn_proj", _GN_EPS_UNIT)
-        y = tf.nn.relu(group_norm(conv(x, f"{unit}conv1/kernel", 1), f"{unit}gn1", _GN_EPS_UNIT))
-        y = tf.nn.relu(group_norm(conv(y, f"{unit}conv2/kernel", 1), f"{unit}gn2", _GN_EPS_UNIT))
-        y = group_norm(conv(y, f"{unit}conv3/kernel", 1), f"{unit}gn3", _GN_EPS_UNIT)
+        residual = group_norm(conv(x, f"{unit}conv_proj/kernel", 1), f"{unit}gn_proj", GN_UNIT_EPSILON)
+        y = tf.nn.relu(group_norm(conv(x, f"{unit}conv1/kernel", 1), f"{unit}gn1", GN_UNIT_EPSILON))
+        y = tf.nn.relu(group_norm(conv(y, f"{unit}conv2/kernel", 1), f"{unit}gn2", GN_UNIT_EPSILON))
+        y = group_norm(conv(y, f"{unit}conv3/kernel", 1), f"{unit}gn3", GN_UNIT_EPSILON)
         x = tf.nn.relu(residual + y)
         return tf.reshape(x, [-1, x.shape[1] * x.shape[2] * STEM_OUT_CHANNELS])
 
@@ -392,7 +390,8 @@ def model_ops(flatbuffer: bytes) -> list[str]:
     ops: set[str] = set()
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
-        # Newer files keep the op in BuiltinCode; DeprecatedBuiltinCode saturates at 127 (PLACEHOLDER).
+        # Files from before schema 3a only fill DeprecatedBuiltinCode; newer ones fill both, but the
+        # deprecated field stops at 127 (a placeholder) for op codes above it.
         builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
         if builtin == schema.BuiltinOperator.CUSTOM:
             ops.add(bytes(code.CustomCode() or b"").decode("utf-8", "replace") or "CUSTOM")
@@ -450,6 +449,9 @@ def _write_atomically(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory: a crash never leaves a half-written model behind."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; the scoring service often runs as another user than the one
+        # who converted, and must be able to read the model.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -1,0 +1,561 @@
+"""The metadata musiqd owns, and the rules for touching what it does not own.
+
+Pure functions on the exiv2 containers of one photo (``exiv2.XmpData``, ``exiv2.ExifData``): no files are
+read or written here (see :mod:`musiq_daemon.metadata.writer`).
+
+Namespace
+---------
+URI ``http://ns.musiqd.org/xmp/1.0/``, prefix ``musiqd``. Each model's values live in their own struct
+property named after the model id, so several models score one photo without clobbering each other::
+
+    musiqd:koniq  (struct)
+        musiqd:Score             "3.412"   reported scale, fixed 3 decimals, '.' decimal point
+        musiqd:RawScore          "60.300"  the model's own output (MOS 0..100, AVA mean 1..10), 3 decimals
+        musiqd:Model             "koniq"
+        musiqd:ModelVersion      sha256 prefix of the source checkpoint
+        musiqd:Variant           "dynamic-int8", "fp32", ...
+        musiqd:ScaleMin          "1"       the reported scale (shortest exact form)
+        musiqd:ScaleMax          "5"
+        musiqd:ResolutionPolicy  "max_side=1024" or "full" (it changes the score)
+        musiqd:ScoredAt          ISO 8601 with zone, "2024-05-01T10:00:00+02:00"
+        musiqd:ContentHash       hash of the compressed image data the score belongs to
+    musiqd:RatingWritten         the stars musiqd wrote last ("4"): tells musiqd's stars from the user's
+    musiqd:RatingModel           the model whose score those stars come from
+
+Every value is text, so readers never meet a locale's decimal comma or a float rounding surprise. A model
+id must be a lower-case XML name (``[a-z][a-z0-9_]*``) because it names a property.
+
+exiftool reads the namespace without configuration (writing it would need a user config defining it) and
+flattens struct fields into tag names: the model id capitalised + the field, ``XMP-musiqd:KoniqScore``,
+``XMP-musiqd:KoniqModelVersion``, ``XMP-musiqd:AvaScore``, plus ``XMP-musiqd:RatingWritten`` and
+``XMP-musiqd:RatingModel``; ``-struct`` shows ``XMP-musiqd:Koniq`` as one structure. It shows
+``ScoredAt`` in EXIF date style (``2024:05:01 10:00:00+02:00``) like every XMP date. Filter with e.g.::
+
+    exiftool -r -if '$XMP-musiqd:KoniqScore >= 3.5' -p '$Directory/$FileName $XMP-musiqd:KoniqScore' DIR
+    exiftool -r -ext xmp -if '$XMP-musiqd:AvaScore > 6' -p '$FileName' DIR      # sidecars
+
+``MicrosoftPhoto:Rating`` appears as ``XMP-microsoft:RatingPercent``; it is written with the namespace URI
+Windows itself writes (``http://ns.microsoft.com/photo/1.0/``), on which exiftool notes a harmless
+"[minor] Fixed incorrect URI" warning, as it does for photos rated in Windows (``-q -q`` silences it).
+
+Stars
+-----
+A model's score falls into a star bucket through four boundaries on its reported scale (for 2, 3, 4 and
+5 stars; below the first is 1 star, a boundary value itself belongs to the upper bucket). The defaults in
+:data:`DEFAULT_STAR_THRESHOLDS` are a starting point, not a calibration: set them per collection.
+
+Stars are the user's. ``xmp:Rating`` is written only when musiqd owns it:
+
+* no ``musiqd:RatingWritten`` yet and every rating field is absent or 0 (unrated), or
+* ``xmp:Rating`` still equals ``musiqd:RatingWritten`` and every mirror that is present agrees.
+
+Anything else (other stars, a clear to 0 after musiqd wrote stars, -1 = rejected, an unreadable value)
+belongs to the user: no rating field is touched and ``musiqd:RatingWritten`` is left as the record of what
+musiqd wrote last. A user who sets the stars back to exactly that value hands them back. musiqd never
+writes -1 or 0.
+
+Mirrors, under the same ownership rule, in embedded metadata only: EXIF IFD0 ``Rating`` (0x4746) and
+``RatingPercent`` (0x4749: 1->1, 2->25, 3->50, 4->75, 5->99) when the photo already has EXIF (musiqd
+never adds an EXIF block to a photo that has none), and ``MicrosoftPhoto:Rating`` (percent).
+
+Keywords
+--------
+Each model's bucket is a keyword that every photo tool can filter on:
+
+* ``lr:hierarchicalSubject`` (Bag, separator ``|``): ``MUSIQ|koniq|musiq-koniq-4``
+* ``dc:subject`` (Bag): ``musiq-koniq-4``
+* ``digiKam:TagsList`` (Seq, separator ``/``) and ``MicrosoftPhoto:LastKeywordXMP`` (Bag, ``/``):
+  ``MUSIQ/koniq/musiq-koniq-4``, only when the container already exists: digiKam reads the first
+  non-empty container in a fixed order (TagsList first), so a keyword missing there would be invisible.
+
+The leaf repeats the model and the stars (not a bare ``4``) because ``dc:subject`` is flat, and because
+Lightroom matches ``dc:subject`` entries to hierarchy leaves: a flat entry that is not a leaf becomes a
+second, top-level keyword. Re-scoring removes only musiqd's own keywords of that model (exactly
+``MUSIQ|<model>|musiq-<model>-<n>``, ``musiq-<model>-<n>`` and ``MUSIQ/<model>/musiq-<model>-<n>``; a
+user's ``MUSIQ|koniq|favourite`` stays) and appends the new one; the user's keywords keep their order, and
+a keyword that is already right stays where it is. Parents that Lightroom adds to ``dc:subject`` on export
+(``MUSIQ``, ``koniq``) are left alone: they stay true for any bucket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import exiv2
+
+from musiq_daemon.errors import UsageError
+
+NAMESPACE_URI: Final = "http://ns.musiqd.org/xmp/1.0/"
+NAMESPACE_PREFIX: Final = "musiqd"
+
+# Field names inside a model's struct, in the order they are written.
+SCORE_FIELDS: Final = (
+    "Score",
+    "RawScore",
+    "Model",
+    "ModelVersion",
+    "Variant",
+    "ScaleMin",
+    "ScaleMax",
+    "ResolutionPolicy",
+    "ScoredAt",
+    "ContentHash",
+)
+# When the score was computed is history, not state: a re-score with the same result must not rewrite.
+VOLATILE_FIELDS: Final = frozenset({"ScoredAt"})
+
+RATING_WRITTEN_KEY: Final = f"Xmp.{NAMESPACE_PREFIX}.RatingWritten"
+RATING_MODEL_KEY: Final = f"Xmp.{NAMESPACE_PREFIX}.RatingModel"
+XMP_RATING_KEY: Final = "Xmp.xmp.Rating"
+MS_RATING_KEY: Final = "Xmp.MicrosoftPhoto.Rating"
+EXIF_RATING_KEY: Final = "Exif.Image.Rating"
+EXIF_RATING_PERCENT_KEY: Final = "Exif.Image.RatingPercent"
+
+SUBJECT_KEY: Final = "Xmp.dc.subject"
+HIERARCHICAL_KEY: Final = "Xmp.lr.hierarchicalSubject"
+TAGS_LIST_KEY: Final = "Xmp.digiKam.TagsList"
+MS_KEYWORDS_KEY: Final = "Xmp.MicrosoftPhoto.LastKeywordXMP"
+
+KEYWORD_ROOT: Final = "MUSIQ"
+
+Thresholds = tuple[float, float, float, float]
+
+# Starting points, not calibrations: tune them to a collection's score distribution. On the 1..5 MOS scale
+# the 3-star bucket (3.0-3.4) is meant for ordinary photos, 4-5 stars for ones that stand out and 1-2 stars
+# for visible problems; AVA's 1..10 aesthetic means sit in a narrower band around 5, hence its boundaries.
+DEFAULT_STAR_THRESHOLDS: Final[Mapping[str, Thresholds]] = {
+    "koniq": (2.6, 3.0, 3.4, 3.8),
+    "spaq": (2.6, 3.0, 3.4, 3.8),
+    "paq2piq": (2.6, 3.0, 3.4, 3.8),
+    "ava": (4.5, 5.0, 5.5, 6.0),
+}
+
+# EXIF RatingPercent / MicrosoftPhoto:Rating for 1..5 stars, as Windows writes them.
+_PERCENT: Final = {1: 1, 2: 25, 3: 50, 4: 75, 5: 99}
+_MODEL_ID: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+_namespace_lock = threading.Lock()
+_namespace_ready = False
+
+
+def register_namespace() -> None:
+    """Initialise the XMP toolkit and register the musiqd namespace (once per process, thread-safe: the
+    toolkit's namespace registry is global and not safe to modify concurrently)."""
+    global _namespace_ready
+    with _namespace_lock:
+        if not _namespace_ready:
+            exiv2.XmpParser.initialize()
+            exiv2.XmpProperties.registerNs(NAMESPACE_URI, NAMESPACE_PREFIX)
+            _namespace_ready = True
+
+
+def check_model_id(model_id: str) -> str:
+    """``model_id`` if it can name an XMP property, else a :class:`UsageError`."""
+    if not _MODEL_ID.match(model_id):
+        raise UsageError(
+            f"model id '{model_id}' cannot name an XMP property: use lower-case letters, digits and _"
+        )
+    return model_id
+
+
+def check_thresholds(model_id: str, thresholds: Sequence[float]) -> Thresholds:
+    """Four strictly increasing finite boundaries, else a :class:`UsageError`."""
+    problem = UsageError(
+        f"star thresholds for '{model_id}' must be 4 increasing finite numbers (the scores for 2, 3, 4 and "
+        f"5 stars), got {thresholds!r}"
+    )
+    try:
+        values = tuple(float(t) for t in thresholds)
+    except (TypeError, ValueError):
+        raise problem from None
+    if len(values) != 4 or not all(map(math.isfinite, values)):
+        raise problem
+    if any(not b > a for a, b in itertools.pairwise(values)):
+        raise problem
+    return values[0], values[1], values[2], values[3]
+
+
+def stars_for(score: float, thresholds: Thresholds) -> int:
+    """1..5 stars: 1 plus the number of boundaries at or below ``score``."""
+    return 1 + sum(score >= t for t in thresholds)
+
+
+def rating_percent(stars: int) -> int:
+    """The percent value Windows uses for ``stars`` (1..5)."""
+    return _PERCENT[stars]
+
+
+def stars_from_percent(percent: int) -> int:
+    """Stars for a percent rating, with the ranges Windows uses when it reads one (0 and below unchanged)."""
+    if percent <= 0:
+        return percent
+    for stars, upper in ((1, 12), (2, 37), (3, 62), (4, 87)):
+        if percent <= upper:
+            return stars
+    return 5
+
+
+def format_number(value: float, decimals: int) -> str:
+    """Fixed-point text with a '.' decimal point whatever the locale."""
+    return f"{value:.{decimals}f}"
+
+
+def format_scale(value: float) -> str:
+    """A scale bound in its shortest exact form: "1", "5", "10", "0.5"."""
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """One model's values as they are written, already formatted as text."""
+
+    model_id: str
+    fields: Mapping[str, str]  # SCORE_FIELDS -> text
+
+    @property
+    def struct_key(self) -> str:
+        return struct_key(self.model_id)
+
+
+def struct_key(model_id: str) -> str:
+    """The exiv2 key of a model's struct, e.g. ``Xmp.musiqd.koniq``."""
+    return f"Xmp.{NAMESPACE_PREFIX}.{model_id}"
+
+
+def field_key(model_id: str, name: str) -> str:
+    """The exiv2 key of one field of a model's struct, e.g. ``Xmp.musiqd.koniq/musiqd:Score``."""
+    return f"{struct_key(model_id)}/{NAMESPACE_PREFIX}:{name}"
+
+
+@dataclass(frozen=True)
+class BucketKeyword:
+    """musiqd's keyword for one model's star bucket, in each container's spelling."""
+
+    model_id: str
+    stars: int
+
+    @property
+    def leaf(self) -> str:
+        return f"musiq-{self.model_id}-{self.stars}"
+
+    @property
+    def hierarchical(self) -> str:
+        return f"{KEYWORD_ROOT}|{self.model_id}|{self.leaf}"
+
+    @property
+    def slashed(self) -> str:
+        return f"{KEYWORD_ROOT}/{self.model_id}/{self.leaf}"
+
+
+def is_own_keyword(container_key: str, keyword: str, model_id: str) -> bool:
+    """Whether ``keyword`` in ``container_key`` is a musiqd bucket keyword of ``model_id``: the exact
+    pattern, any stars, so that a user's own keyword under a ``MUSIQ`` branch is never taken for ours."""
+    leaf = rf"musiq-{re.escape(model_id)}-\d+"
+    if container_key == SUBJECT_KEY:
+        return re.fullmatch(leaf, keyword) is not None
+    separator = re.escape("|" if container_key == HIERARCHICAL_KEY else "/")
+    return (
+        re.fullmatch(rf"{KEYWORD_ROOT}{separator}{re.escape(model_id)}{separator}{leaf}", keyword) is not None
+    )
+
+
+# --- typed access to exiv2 containers (exiv2 itself is untyped) ------------------------------------------
+
+
+def get_text(data: Any, key: str) -> str | None:
+    """The value of a simple property or tag as text, None when absent."""
+    if key not in data:
+        return None
+    return str(data[key].toString())
+
+
+def get_items(xmp: Any, key: str) -> list[str] | None:
+    """The items of an XMP array, None when absent."""
+    if key not in xmp:
+        return None
+    datum = xmp[key]
+    return [str(datum.toString(i)) for i in range(int(datum.count()))]
+
+
+def _array_type(xmp: Any, key: str, default: Any) -> Any:
+    if key in xmp:
+        type_id = xmp[key].typeId()
+        if type_id in (exiv2.TypeId.xmpBag, exiv2.TypeId.xmpSeq):
+            return type_id
+    return default
+
+
+def set_items(xmp: Any, key: str, items: Sequence[str], default_type: Any) -> None:
+    """Replace an XMP array's items, keeping its array type (Bag/Seq) when it exists."""
+    value = exiv2.XmpArrayValue(_array_type(xmp, key, default_type))
+    for item in items:
+        value.read(item)
+    xmp[key] = value
+
+
+def set_text(xmp: Any, key: str, text: str) -> None:
+    xmp[key] = exiv2.XmpTextValue(text)
+
+
+def _parse_int(text: str | None) -> int | None:
+    """An integer rating; None for absent; raises ValueError for text that is not a whole number."""
+    if text is None:
+        return None
+    number = float(text.strip())
+    if not number.is_integer():
+        raise ValueError(text)
+    return int(number)
+
+
+# --- the model's values ------------------------------------------------------------------------------------
+
+
+def read_model_fields(xmp: Any, model_id: str) -> dict[str, str]:
+    """The fields of a model's struct that are present."""
+    out: dict[str, str] = {}
+    for name in SCORE_FIELDS:
+        text = get_text(xmp, field_key(model_id, name))
+        if text is not None:
+            out[name] = text
+    return out
+
+
+def model_fields_differ(xmp: Any, score: ModelScore) -> bool:
+    """Whether writing ``score`` would change anything but its volatile fields."""
+    current = read_model_fields(xmp, score.model_id)
+    return any(
+        current.get(name) != text for name, text in score.fields.items() if name not in VOLATILE_FIELDS
+    )
+
+
+def write_model_fields(xmp: Any, score: ModelScore) -> None:
+    """Write every field of the model's struct (creating the struct), other models untouched."""
+    if score.struct_key not in xmp:
+        struct = exiv2.XmpTextValue()
+        struct.setXmpStruct()
+        xmp.add(exiv2.XmpKey(score.struct_key), struct)
+    for name in SCORE_FIELDS:
+        if name in score.fields:
+            set_text(xmp, field_key(score.model_id, name), score.fields[name])
+
+
+# --- stars -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatingState:
+    """The rating fields of one photo, as stars (None = unreadable; absent fields are left out)."""
+
+    xmp_rating: int | None
+    has_xmp_rating: bool
+    mirrors: tuple[int | None, ...]  # MicrosoftPhoto:Rating, EXIF Rating, EXIF RatingPercent (as stars)
+    written: int | None  # musiqd:RatingWritten
+    has_written: bool
+
+    def owned(self, inherited: Sequence[int | None] = ()) -> bool:
+        """Whether musiqd may write the stars (see the module docstring).
+
+        ``inherited``: rating values of the original photo, which decide for a sidecar that has no
+        rating of its own (an in-camera rating of a RAW is the user's).
+        """
+        if not self.has_written:
+            values = [*self.mirrors, *(() if self.has_xmp_rating else inherited)]
+            if self.has_xmp_rating:
+                values.append(self.xmp_rating)
+            return all(v == 0 for v in values)
+        if self.written is None or not self.has_xmp_rating or self.xmp_rating != self.written:
+            return False
+        return all(v == self.written for v in self.mirrors)
+
+
+def _stars_value(text: str | None, *, percent: bool) -> int | None:
+    try:
+        value = _parse_int(text)
+    except ValueError:
+        return None
+    if value is None:
+        return None
+    return stars_from_percent(value) if percent else value
+
+
+def read_rating_state(xmp: Any, exif: Any | None) -> RatingState:
+    """The rating fields of ``xmp`` (and of ``exif`` for embedded metadata)."""
+    rating_text = get_text(xmp, XMP_RATING_KEY)
+    written_text = get_text(xmp, RATING_WRITTEN_KEY)
+    sources: list[tuple[Any, str, bool]] = [(xmp, MS_RATING_KEY, True)]
+    if exif is not None:
+        sources += [(exif, EXIF_RATING_KEY, False), (exif, EXIF_RATING_PERCENT_KEY, True)]
+    mirrors = tuple(
+        _stars_value(text, percent=percent)
+        for data, key, percent in sources
+        if (text := get_text(data, key)) is not None
+    )
+    return RatingState(
+        xmp_rating=_stars_value(rating_text, percent=False),
+        has_xmp_rating=rating_text is not None,
+        mirrors=mirrors,
+        written=_stars_value(written_text, percent=False),
+        has_written=written_text is not None,
+    )
+
+
+def embedded_ratings(xmp: Any, exif: Any | None) -> tuple[int | None, ...]:
+    """Every rating value a photo carries, as stars (for :meth:`RatingState.owned`'s ``inherited``)."""
+    state = read_rating_state(xmp, exif)
+    return ((state.xmp_rating,) if state.has_xmp_rating else ()) + state.mirrors
+
+
+def write_rating(xmp: Any, exif: Any | None, stars: int, model_id: str, *, mirrors: bool) -> bool:
+    """Set the stars (and, with ``mirrors``, MicrosoftPhoto:Rating and the EXIF copies when the photo has
+    EXIF). Returns whether anything changed. The caller has checked ownership."""
+    if not 1 <= stars <= 5:
+        raise ValueError(f"stars must be 1..5, got {stars}")
+    wanted: list[tuple[Any, str, Any]] = [
+        (xmp, XMP_RATING_KEY, str(stars)),
+        (xmp, RATING_WRITTEN_KEY, str(stars)),
+        (xmp, RATING_MODEL_KEY, model_id),
+    ]
+    if mirrors:
+        wanted.append((xmp, MS_RATING_KEY, str(rating_percent(stars))))
+        if exif is not None and not exif.empty():
+            wanted.append((exif, EXIF_RATING_KEY, exiv2.UShortValue(stars)))
+            wanted.append((exif, EXIF_RATING_PERCENT_KEY, exiv2.UShortValue(rating_percent(stars))))
+    changed = False
+    for data, key, value in wanted:
+        text = value if isinstance(value, str) else str(value.toString())
+        if get_text(data, key) != text:
+            if isinstance(value, str):
+                set_text(data, key, value)
+            else:
+                data[key] = value
+            changed = True
+    return changed
+
+
+# --- keywords ----------------------------------------------------------------------------------------------
+
+
+def _replace_own(items: Iterable[str], wanted: str, is_own: Any) -> list[str]:
+    """Drop own keywords other than ``wanted``, keep everything else in order, append ``wanted`` if new."""
+    out: list[str] = []
+    for item in items:
+        if item == wanted:
+            if wanted not in out:
+                out.append(item)
+        elif not is_own(item):
+            out.append(item)
+    if wanted not in out:
+        out.append(wanted)
+    return out
+
+
+def write_keywords(xmp: Any, keyword: BucketKeyword) -> bool:
+    """Put ``keyword`` into the keyword containers (see the module docstring). Returns whether anything
+    changed."""
+    containers: list[tuple[str, str, Any, bool]] = [
+        (HIERARCHICAL_KEY, keyword.hierarchical, exiv2.TypeId.xmpBag, True),
+        (SUBJECT_KEY, keyword.leaf, exiv2.TypeId.xmpBag, True),
+        (TAGS_LIST_KEY, keyword.slashed, exiv2.TypeId.xmpSeq, False),
+        (MS_KEYWORDS_KEY, keyword.slashed, exiv2.TypeId.xmpBag, False),
+    ]
+    changed = False
+    for key, wanted, default_type, create in containers:
+        current = get_items(xmp, key)
+        if current is None and not create:
+            continue
+        items = _replace_own(
+            current or [], wanted, lambda item, key=key: is_own_keyword(key, item, keyword.model_id)
+        )
+        if items != current:
+            set_items(xmp, key, items, default_type)
+            changed = True
+    return changed
+
+
+# --- one model's score, applied ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What :func:`apply_score` did."""
+
+    changed: bool  # anything but the volatile fields differs: the file must be written
+    rating_written: int | None  # the stars musiqd holds in the file now, None when not musiqd's
+
+
+def apply_score(
+    xmp: Any,
+    exif: Any | None,
+    score: ModelScore,
+    *,
+    keyword: BucketKeyword | None,
+    rating_stars: int | None,
+    mirrors: bool,
+    inherited: Sequence[int | None] = (),
+) -> Applied:
+    """Bring one model's values, its bucket keyword and (when ``rating_stars`` is given and musiqd owns
+    the stars) the rating up to date in ``xmp`` and ``exif`` (None for a sidecar).
+
+    ``mirrors``: also keep MicrosoftPhoto:Rating and the EXIF copies (embedded metadata only).
+    ``inherited``: the original photo's ratings, which decide ownership for a sidecar without a rating.
+    When nothing but the volatile fields would change, nothing at all is changed (``changed`` False).
+    """
+    changed = model_fields_differ(xmp, score)
+    rating_written = None
+    if rating_stars is not None and read_rating_state(xmp, exif if mirrors else None).owned(inherited):
+        changed |= write_rating(xmp, exif, rating_stars, score.model_id, mirrors=mirrors)
+        rating_written = rating_stars
+    if keyword is not None:
+        changed |= write_keywords(xmp, keyword)
+    if changed:
+        write_model_fields(xmp, score)
+    return Applied(changed, rating_written)
+
+
+# --- what a write must leave alone (for verification) ------------------------------------------------------
+
+_KEYWORD_CONTAINERS: Final = (SUBJECT_KEY, HIERARCHICAL_KEY, TAGS_LIST_KEY, MS_KEYWORDS_KEY)
+_RATING_KEYS: Final = frozenset({XMP_RATING_KEY, MS_RATING_KEY, RATING_WRITTEN_KEY, RATING_MODEL_KEY})
+_EXIF_RATING_KEYS: Final = frozenset({EXIF_RATING_KEY, EXIF_RATING_PERCENT_KEY})
+# Tags whose values are positions in the file: a rewrite may legitimately move what they point to.
+_POSITION_TAG = re.compile(
+    r"(Offsets?|JPEGInterchangeFormat|SubIFDs|ExifTag|GPSTag|InteroperabilityTag|IFDPointer|XMLPacket)\Z"
+)
+_POSITION_KEYS: Final = frozenset({"Exif.MakerNote.Offset", "Exif.MakerNote.ByteOrder"})
+
+
+def foreign_xmp(xmp: Any, model_id: str, *, rating_owned: bool) -> list[tuple[str, str]]:
+    """Every XMP value a write of ``model_id``'s score must leave as it was: all but that model's struct,
+    musiqd's own bucket keywords of that model (the user's keywords are kept, in order) and, when musiqd
+    owns them, the stars. Sorted (key, text) pairs: serialisation may reorder properties."""
+    own_struct = struct_key(model_id)
+    out: list[tuple[str, str]] = []
+    for datum in xmp:
+        key = str(datum.key())
+        if key == own_struct or key.startswith(own_struct + "/") or (rating_owned and key in _RATING_KEYS):
+            continue
+        if key in _KEYWORD_CONTAINERS:
+            items = [str(datum.toString(i)) for i in range(int(datum.count()))]
+            kept = [item for item in items if not is_own_keyword(key, item, model_id)]
+            if kept:  # a container that holds only musiqd's keyword may be created by the write
+                out.append((key, "\n".join(kept)))
+        else:
+            out.append((key, str(datum.toString())))
+    return sorted(out)
+
+
+def foreign_exif(exif: Any, *, rating_owned: bool) -> list[tuple[str, str]]:
+    """Every EXIF value a write must leave as it was (positions in the file excepted), as sorted pairs."""
+    out: list[tuple[str, str]] = []
+    for datum in exif:
+        key = str(datum.key())
+        if key in _POSITION_KEYS or _POSITION_TAG.search(key) or (rating_owned and key in _EXIF_RATING_KEYS):
+            continue
+        out.append((key, str(datum.toString())))
+    return sorted(out)
