@@ -40,7 +40,12 @@ touch ``IMG_1234.xmp``.
 A sidecar is the user's edit history (Lightroom develop settings, darktable's history stack): it is
 parsed, changed in memory and written back with everything else it holds; one that cannot be parsed is
 never overwritten. A new sidecar is a standalone XMP packet. When a sidecar has no rating yet, the
-original's embedded rating (e.g. set in camera) decides whether the stars are the user's.
+original's embedded rating (e.g. set in camera) decides whether the stars are the user's. Two sidecars
+are written one after the other, each atomically. In embed mode a photo's sidecars are not touched.
+
+Photo managers notice changes made behind their back only when asked: Lightroom Classic flags the photo
+("Metadata > Read Metadata from Files" loads it), darktable reads changed sidecars at start-up only with
+"look for updated XMP files on startup", digiKam with its "reread metadata from file" action.
 
 Safety
 ------
