@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class ScoreRecord:
     device: str
     num_tokens: int
     scored_size: tuple[int, int]  # (height, width) of the native scale that was patched
+    stored_size: tuple[int, int]  # (width, height) of the photo as stored
     source: str  # how pixels were obtained (full decode, DCT-scaled, RAW preview, ...)
     format: str
     orientation_applied: bool
@@ -60,6 +61,7 @@ class ScoreRecord:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["scored_size"] = list(self.scored_size)
+        data["stored_size"] = list(self.stored_size)
         data["duration"] = self.duration
         return data
 
@@ -148,6 +150,7 @@ class Scorer:
             device=self.engine.device,
             num_tokens=prepared.sequence.num_tokens,
             scored_size=prepared.sequence.image_size,
+            stored_size=prepared.decoded.stored_size,
             source=prepared.decoded.source,
             format=prepared.decoded.format,
             orientation_applied=prepared.decoded.orientation_applied,

@@ -2,8 +2,8 @@
 NumPy reference forward pass (the numerical oracle).
 
 Tiny configurations cover the graph itself (all token counts, padding, both head sizes) in seconds. The
-full-size model is converted once per head size and variant for the whole session (about 15-20 s each on
-two cores) and checked for fp32 exactness and for the measured quantization error.
+full-size model is converted at most once per head size and variant in a session (a conversion takes
+about 15 s) and checked for fp32 exactness and for the measured quantization error.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from imagegen import scene
 
 import musiq_daemon
 from musiq_daemon.errors import ConversionError
@@ -65,17 +66,18 @@ XNNPACK_OPS = {
     "TRANSPOSE",
 }
 
-#: Largest relative error of the raw score (MOS for 1 class, softmax mean for AVA's 10) against the
-#: reference over the ten photo-like inputs. Measured with these synthetic weights (TF 2.21, LiteRT 2.3):
-#: fp16 3.9e-4 (1 class) and 5.3e-4 (10); dynamic-int8 7.2e-3 (1 class) and 3.8e-2 (10). The bounds
-#: leave about 2.5x headroom for other CPUs' kernels (XNNPACK picks different micro-kernels per ISA).
+#: Bounds on the largest relative error of the raw score (the MOS for 1 class, the softmax mean over bins
+#: 1..10 for AVA's 10) against the reference, over the ten photo-like images. Derived from measurements
+#: with five synthetic weight draws (seeds 0-4; TF 2.21 converter, LiteRT 2.3), worst case: fp16 5.5e-4
+#: (1 class) and 4.6e-4 (10); dynamic-int8 1.3e-2 (1 class) and 3.7e-2 (10). The tests use seed 0
+#: (fp16 5.5e-4 / 1.6e-4, dynamic-int8 4.4e-3 / 6.7e-3). The bounds sit 1.6-2.7x above the worst case,
+#: leaving room for other CPUs' kernels (XNNPACK picks micro-kernels per instruction set).
 QUANTIZED_TOLERANCE = {
-    ("fp16", 1): 1e-3,
+    ("fp16", 1): 1.5e-3,
     ("fp16", 10): 1.5e-3,
-    ("dynamic-int8", 1): 2e-2,
-    ("dynamic-int8", 10): 1e-1,
+    ("dynamic-int8", 1): 3e-2,
+    ("dynamic-int8", 10): 6e-2,
 }
-
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -95,23 +97,6 @@ def random_tokens(rng: np.random.Generator, n: int) -> F32:
     return tokens
 
 
-def photo(seed: int) -> npt.NDArray[np.uint8]:
-    """A 512x384 photo-like RGB image: smooth colour gradients, flat objects with hard edges, sensor noise."""
-    rng = np.random.default_rng(seed)
-    h, w = (384, 512) if seed % 2 == 0 else (512, 384)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    image = np.empty((h, w, 3), dtype=np.float32)
-    for channel in range(3):
-        fx, fy, phase = rng.uniform(-1.0, 1.0, size=3)
-        image[..., channel] = 128 + 60 * np.sin(6 * fx * xx / w + 6 * fy * yy / h + 3 * phase)
-    for _ in range(6):
-        top, left = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 40))
-        bottom, right = top + int(rng.integers(20, 200)), left + int(rng.integers(20, 200))
-        image[top:bottom, left:right] = rng.uniform(0, 255, size=3)
-    image += rng.normal(0.0, rng.uniform(2.0, 20.0), size=image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 def run(interpreter: Interpreter, tokens: F32) -> F32:
     """The head output (num_classes,) for (N, 3075) tokens, resizing the input to N."""
     index = interpreter.get_input_details()[0]["index"]
@@ -120,9 +105,10 @@ def run(interpreter: Interpreter, tokens: F32) -> F32:
         interpreter.allocate_tensors()
     interpreter.set_tensor(index, tokens[None])
     interpreter.invoke()
-    output: F32 = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    output = np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), np.float32)
     assert output.shape[0] == 1
-    return output[0]
+    head: F32 = output[0]
+    return head
 
 
 def open_model(path: Path) -> Interpreter:
@@ -168,10 +154,15 @@ FullModel = Callable[[int, str], tuple[Params, MusiqConfig, ModelInfo]]
 
 
 @pytest.fixture(scope="session")
-def full_model(tmp_path_factory: pytest.TempPathFactory) -> FullModel:
-    """Full-size conversions on demand, each done once per session (they take 15-20 s each)."""
+def full_params() -> dict[int, Params]:
+    """Synthetic full-size weights for a 1-class (MOS) and a 10-class (AVA) head."""
+    return {classes: synthetic_params(MusiqConfig(num_classes=classes)) for classes in (1, 10)}
+
+
+@pytest.fixture(scope="session")
+def full_model(tmp_path_factory: pytest.TempPathFactory, full_params: dict[int, Params]) -> FullModel:
+    """Full-size conversions on demand, each done at most once per session."""
     root = tmp_path_factory.mktemp("full")
-    params = {classes: synthetic_params(MusiqConfig(num_classes=classes)) for classes in (1, 10)}
     done: dict[tuple[int, str], ModelInfo] = {}
 
     def get(classes: int, variant: str) -> tuple[Params, MusiqConfig, ModelInfo]:
@@ -179,28 +170,42 @@ def full_model(tmp_path_factory: pytest.TempPathFactory) -> FullModel:
         if (classes, variant) not in done:
             out = root / f"full{classes}" / f"{variant}.tflite"
             done[classes, variant] = convert_checkpoint(
-                params[classes], config, variant=variant, out_path=out, metadata=SOURCE
+                full_params[classes], config, variant=variant, out_path=out, metadata=SOURCE
             )
-        return params[classes], config, done[classes, variant]
+        return full_params[classes], config, done[classes, variant]
 
     return get
 
 
+#: (width, height) of the photo-like test images: landscape and portrait, 343 to 473 tokens; the first
+#: is the 512x384 case (385 tokens) that the published scores use.
+PHOTO_SIZES = [
+    (512, 384),
+    (384, 512),
+    (640, 427),
+    (427, 640),
+    (480, 320),
+    (320, 480),
+    (600, 400),
+    (400, 600),
+    (512, 512),
+    (544, 362),
+]
+
+
 @pytest.fixture(scope="session")
 def photo_tokens() -> list[F32]:
-    """Ten official token sequences (N = 385) of photo-like images."""
-    return [make_tokens(photo(seed)).tokens for seed in range(10)]
+    """The official token sequences of ten photo-like images (gradients, texture, hard edges, noise)."""
+    return [make_tokens(scene(w, h, seed=seed)).tokens for seed, (w, h) in enumerate(PHOTO_SIZES)]
 
 
 @pytest.fixture(scope="session")
-def full_reference(photo_tokens: list[F32]) -> dict[int, list[F32]]:
+def full_reference(photo_tokens: list[F32], full_params: dict[int, Params]) -> dict[int, list[F32]]:
     """The reference head outputs of the full-size synthetic models on the photo tokens."""
-    reference = {}
-    for classes in (1, 10):
-        config = MusiqConfig(num_classes=classes)
-        params = synthetic_params(config)
-        reference[classes] = [forward(params, config, tokens) for tokens in photo_tokens]
-    return reference
+    return {
+        classes: [forward(params, MusiqConfig(num_classes=classes), tokens) for tokens in photo_tokens]
+        for classes, params in full_params.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------- tiny model
@@ -274,8 +279,9 @@ def test_metadata_json_describes_the_file(
     assert created.utcoffset() == dt.timedelta(0)
     assert before <= created <= dt.datetime.now(dt.UTC)
     assert "3075" in meta["input"] and "mask" in meta["input"]
-    # Written atomically: nothing but the two files is left behind.
+    # Written atomically: nothing but the two files is left behind, readable by other users (a service).
     assert sorted(p.name for p in out.parent.iterdir()) == ["fp32.json", "fp32.tflite"]
+    assert out.stat().st_mode & 0o777 == 0o644 == info.metadata_path.stat().st_mode & 0o777
 
 
 def test_dynamic_int8_tiny_conversion_is_quiet_and_close(
@@ -300,10 +306,11 @@ def test_dynamic_int8_tiny_conversion_is_quiet_and_close(
 
 def test_bad_variant_is_rejected(tmp_path: Path) -> None:
     config = MusiqConfig.tiny(1)
-    with pytest.raises(ConversionError, match="unknown model variant 'int4'.*fp32, fp16, dynamic-int8"):
+    with pytest.raises(ConversionError) as raised:
         convert_checkpoint(
             synthetic_params(config), config, variant="int4", out_path=tmp_path / "m.tflite", metadata=SOURCE
         )
+    assert str(raised.value) == "unknown model variant 'int4': choose one of fp32, fp16, dynamic-int8"
     assert VARIANTS == ("fp32", "fp16", "dynamic-int8")
     assert list(tmp_path.iterdir()) == []
 
@@ -319,7 +326,11 @@ def test_bad_metadata_is_rejected(tmp_path: Path, metadata: dict[str, object], m
     config = MusiqConfig.tiny(1)
     with pytest.raises(ConversionError, match=message):
         convert_checkpoint(
-            synthetic_params(config), config, variant="fp32", out_path=tmp_path / "m.tflite", metadata=metadata
+            synthetic_params(config),
+            config,
+            variant="fp32",
+            out_path=tmp_path / "m.tflite",
+            metadata=metadata,
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -350,7 +361,9 @@ def test_missing_tensorflow_is_explained(tmp_path: Path) -> None:
             print(exc)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
     assert result.stdout == "converting needs TensorFlow: pip install 'musiq-daemon[convert]'\n"
     assert list(tmp_path.iterdir()) == []
 
@@ -421,7 +434,6 @@ def test_full_quantized_error_is_bounded(
     full_reference: dict[int, list[F32]],
     variant: str,
     classes: int,
-    record_property: Callable[[str, object], None],
 ) -> None:
     _, _, info = full_model(classes, variant)
     _, _, fp32 = full_model(classes, "fp32")
@@ -429,8 +441,6 @@ def test_full_quantized_error_is_bounded(
     expected = np.array([raw_score(head) for head in full_reference[classes]])
     actual = np.array([raw_score(run(interpreter, tokens)) for tokens in photo_tokens])
     errors = np.abs(actual - expected) / np.abs(expected)
-    record_property("max_relative_error", float(errors.max()))
-    record_property("mean_relative_error", float(errors.mean()))
     assert errors.max() < QUANTIZED_TOLERANCE[variant, classes], errors
     # The point of the variant: a smaller file (weights in 16 or 8 bits instead of 32).
     ratio = info.path.stat().st_size / fp32.path.stat().st_size

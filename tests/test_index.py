@@ -38,7 +38,7 @@ def make_record(model: str, score: float, version: str = "abcdef012345") -> Scor
     return ScoreRecord(
         score=score, raw=score if model == "ava" else (score - 1) * 25, model_id=model, model_version=version,
         variant="dynamic-int8", model_sha256="0" * 64, scale_min=scale[0], scale_max=scale[1],
-        resolution_policy="max_side=1024", device="cpu", num_tokens=385, scored_size=(384, 512), source="full",
+        resolution_policy="max_side=1024", device="cpu", num_tokens=385, scored_size=(384, 512), stored_size=(512, 384), source="full",
         format="JPEG", orientation_applied=True, scored_at=datetime.now(UTC).isoformat(),
         timings={"decode": 0.01, "preprocess": 0.01, "inference": 0.1},
     )  # fmt: skip

@@ -39,6 +39,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("photos", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_photos_content_hash"), ["content_hash"], unique=False)
+
+        batch_op.create_index(batch_op.f("ix_photos_missing_since"), ["missing_since"], unique=False)
         batch_op.create_index(batch_op.f("ix_photos_taken_at"), ["taken_at"], unique=False)
 
     op.create_table(
@@ -128,5 +130,7 @@ def downgrade() -> None:
     with op.batch_alter_table("photos", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_photos_taken_at"))
         batch_op.drop_index(batch_op.f("ix_photos_content_hash"))
+
+        batch_op.drop_index(batch_op.f("ix_photos_missing_since"))
 
     op.drop_table("photos")

@@ -1,9 +1,9 @@
 """The ``musiqd`` command. Thin: each command module parses options, calls the library, prints.
 
-Exit codes: 0 success; 1 some photos failed; 2 bad usage or configuration; 3 model or checkpoint
-problem; 4 unreadable image; 5 device unavailable; 6 conversion failed; 7 download failed; 8 index
-database unreadable or from a newer musiqd; 9 a file could not be written; 10 read-only file or folder; 11 disk
-full; 12 the file changed while musiqd was writing it (retried later).
+Exit codes: 0 success; 1 some photos failed; 2 bad usage or configuration; 3 model or
+checkpoint problem; 4 unreadable image; 5 device unavailable; 6 conversion failed; 7 download failed;
+8 index database unreadable or from a newer musiqd; 9 a file could not be written; 10 read-only file
+or folder; 11 disk full; 12 the file changed while musiqd was writing it (retried later).
 """
 
 from __future__ import annotations

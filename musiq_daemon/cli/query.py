@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,7 +17,12 @@ from rich.text import Text
 
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.errors import UsageError
-from musiq_daemon.index import ResultRow, ScoreQuery, open_index, run_query, stats
+
+if TYPE_CHECKING:
+    from musiq_daemon.index import ResultRow
+
+# The index modules (SQLAlchemy) are imported inside the commands: `musiqd --help` and the other
+# commands start faster without them.
 
 FORMATS = ("table", "json", "jsonl", "csv", "paths", "paths0")
 DB_HELP = "Index database: a file path or SQLAlchemy URL (default: $MUSIQD_DATABASE_URL or the data dir)."
@@ -55,6 +61,8 @@ def query(
     json/jsonl/csv fields: path, score, raw, model, model_version, variant, resolution_policy, scored_at,
     date, width, height, format, content_hash, error. paths0 separates paths with NUL (for xargs -0).
     """
+    from musiq_daemon.index import ScoreQuery, open_index, run_query
+
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
     catalogue = load_catalogue()
@@ -88,6 +96,8 @@ def _emit(rows: Iterable[ResultRow], fmt: str) -> None:
             out.write(("," if i else "") + "\n  " + _json(row.as_dict()))
         out.write("\n]\n")
     elif fmt == "csv":
+        from musiq_daemon.index import ResultRow
+
         writer = csv.DictWriter(out, fieldnames=ResultRow.FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
@@ -138,6 +148,8 @@ def _table(rows: Iterable[ResultRow]) -> None:
 
 def show_stats(database: str = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Photos, scores per model, queue, and a score histogram per model."""
+    from musiq_daemon.index import open_index, stats
+
     db = open_index(database)
     try:
         s = stats(db)

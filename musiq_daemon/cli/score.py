@@ -1,4 +1,4 @@
-"""``musiqd score``: score photos and print the results (writes nothing)."""
+"""``musiqd score``: score photos, print the results, record them in the index, optionally write tags."""
 
 from __future__ import annotations
 
@@ -6,17 +6,24 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from musiq_daemon.api import ScoreFailure, Scorer, ScoreRecord
-from musiq_daemon.decode import SUPPORTED_SUFFIXES
-from musiq_daemon.errors import UsageError
-from musiq_daemon.preprocess import ResolutionPolicy
+from musiq_daemon.errors import MusiqError, UsageError
+
+if TYPE_CHECKING:
+    from musiq_daemon.api import ScoreRecord
+    from musiq_daemon.index import IndexDB
+    from musiq_daemon.metadata.writer import WritePolicy, WriteResult
+
+# Heavy modules (the model runtime, image decoders, SQLAlchemy) are imported inside the command.
 
 
 def iter_photos(paths: list[Path]) -> Iterator[Path]:
     """Files as given (any suffix: the decoder says if it cannot read one); directories walked for photos."""
+    from musiq_daemon.decode import SUPPORTED_SUFFIXES
+
     for path in paths:
         if path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path):
@@ -39,30 +46,120 @@ def score(
     threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for inference."),
     policy: str = typer.Option(None, "--resolution", help="'full' or 'max_side=N' (default: the model's)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per photo (JSON lines)."),
+    write: bool = typer.Option(
+        False, "--write", help="Write the score into the photos' metadata (XMP/EXIF)."
+    ),
+    write_mode: str = typer.Option("embed", "--write-mode", help="embed (sidecars for RAW/HEIC) or sidecar."),
+    dng: str = typer.Option("sidecar", "--dng", help="DNG: sidecar (master untouched) or embed (Lightroom)."),
+    sidecar_naming: str = typer.Option(
+        "replace", "--sidecar-naming", help="New sidecars: IMG.xmp or IMG.CR2.xmp."
+    ),
+    rating_model: str = typer.Option(
+        "koniq", "--rating-model", help="Model whose score sets the stars; 'none'."
+    ),
+    preserve_mtime: bool = typer.Option(
+        False, "--preserve-mtime", help="Keep modification times (see README)."
+    ),
+    no_index: bool = typer.Option(False, "--no-index", help="Do not record the scores in the index."),
+    database: str = typer.Option(None, "--db", help="Index database: file path or SQLAlchemy URL."),
 ) -> None:
-    """Score photos with MUSIQ and print path, score, raw score, model, variant and device.
+    """Score photos with MUSIQ; print path, score, raw score, model, variant and device.
 
-    Writes nothing. Exit code 1 when some photos could not be scored (each is reported on stderr).
+    Scores are recorded in the index (see `musiqd query`) unless --no-index. Photos are only changed
+    with --write. Exit code 1 when some photos could not be scored or written (each is reported on stderr).
     """
+    from musiq_daemon.api import ScoreFailure, Scorer
+    from musiq_daemon.preprocess import ResolutionPolicy
+
     resolution = ResolutionPolicy.parse(policy) if policy else None
+    write_policy = _write_policy(write, write_mode, dng, sidecar_naming, rating_model, preserve_mtime)
     photos = list(iter_photos(paths))
     if not photos:
         raise UsageError("no photos found in the given paths")
     scorer = Scorer(model, variant, device=device, threads=threads, policy=resolution)
+    db = None
+    if not no_index:
+        from musiq_daemon.index import open_index
+
+        db = open_index(database)
     failures = 0
     if not as_json:
         typer.echo(_HEADER)
-    # Rows are printed as each photo finishes, so a long run shows progress (and can be piped).
-    for result in scorer.score_many(photos):
-        if isinstance(result, ScoreFailure):
-            failures += 1
-            typer.echo(f"musiqd: {result.error.message}", err=True)
-        elif as_json:
-            typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-        else:
-            typer.echo(_row(result))
+    try:
+        # Rows are printed as each photo finishes, so a long run shows progress (and can be piped).
+        for result in scorer.score_many(photos):
+            if isinstance(result, ScoreFailure):
+                failures += 1
+                typer.echo(f"musiqd: {result.error.message}", err=True)
+                continue
+            written: WriteResult | None = None
+            if write_policy is not None and result.path is not None:
+                try:
+                    from musiq_daemon.metadata.writer import write_score
+
+                    written = write_score(Path(result.path), result, write_policy)
+                except MusiqError as exc:
+                    failures += 1
+                    typer.echo(f"musiqd: not written: {exc.message}", err=True)
+            if db is not None and result.path is not None:
+                _record(db, Path(result.path), result, written)
+            if as_json:
+                data = result.to_dict()
+                if written is not None:
+                    data["written"] = {"target": written.target, "path": str(written.path) if written.path else None,
+                                       "changed": written.changed, "rating": written.rating_written}  # fmt: skip
+                typer.echo(json.dumps(data, ensure_ascii=False))
+            else:
+                typer.echo(_row(result, written))
+    finally:
+        if db is not None:
+            db.close()
     if failures:
         raise typer.Exit(1)
+
+
+def _write_policy(
+    write: bool, mode: str, dng: str, naming: str, rating_model: str, preserve_mtime: bool
+) -> WritePolicy | None:
+    if not write:
+        return None
+    from musiq_daemon.metadata.writer import WritePolicy
+
+    if mode not in ("embed", "sidecar"):
+        raise UsageError(f"unknown --write-mode '{mode}': choose embed or sidecar (or leave out --write)")
+    kwargs: dict[str, Any] = {
+        "mode": mode, "dng": dng, "sidecar_naming": naming, "preserve_mtime": preserve_mtime,
+        "rating_model": None if rating_model.lower() == "none" else rating_model,
+    }  # fmt: skip
+    return WritePolicy(**kwargs)
+
+
+def _record(db: IndexDB, path: Path, record: ScoreRecord, written: WriteResult | None) -> None:
+    """Store the score, the photo's identity and every file musiqd wrote (so its events are ignored)."""
+    from musiq_daemon.index.records import record_score, record_written_file, upsert_photo
+    from musiq_daemon.metadata.capture import capture_time
+    from musiq_daemon.metadata.content_hash import content_hash_file
+
+    chash = written.content_hash if written is not None and written.content_hash else None
+    try:
+        chash = chash or content_hash_file(path)
+    except MusiqError:
+        chash = None
+    with db.session() as session:
+        photo = upsert_photo(
+            session, path, content_hash=chash, fmt=record.format,
+            size_hw=(record.stored_size[1], record.stored_size[0]), taken_at=capture_time(path),
+        )  # fmt: skip
+        record_score(
+            session, photo, record,
+            written_to=written.target if written is not None else None,
+            written_path=written.path if written is not None else None,
+            rating_written=written.rating_written if written is not None else None,
+        )  # fmt: skip
+        if written is not None:
+            for f in written.files:
+                if f.changed:
+                    record_written_file(session, f.path, f.signature)
 
 
 _HEADER = (
@@ -70,9 +167,12 @@ _HEADER = (
 )
 
 
-def _row(r: ScoreRecord) -> str:
+def _row(r: ScoreRecord, written: WriteResult | None = None) -> str:
     model = f"{r.model_id}@{r.model_version}"
+    note = ""
+    if written is not None:
+        note = f"  [{written.target}{'' if written.changed else ', unchanged'}]"
     return (
         f"{r.score:>6.2f} {r.raw:>8.3f}  {model:<22} {r.variant:<12} {r.device:<6} {r.num_tokens:>6} "
-        f"{r.duration:>5.2f}  {r.path or '-'}"
+        f"{r.duration:>5.2f}  {r.path or '-'}{note}"
     )

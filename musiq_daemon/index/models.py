@@ -65,7 +65,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime}
 
 
 class Photo(Base):
@@ -87,7 +86,7 @@ class Photo(Base):
     taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    missing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    missing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     scores: Mapped[list[Score]] = relationship(back_populates="photo", cascade="all, delete-orphan")
     jobs: Mapped[list[Job]] = relationship(back_populates="photo", cascade="all, delete-orphan")

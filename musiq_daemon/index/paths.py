@@ -12,7 +12,10 @@ import os
 
 
 def encode_path(path: str | os.PathLike[str]) -> str:
-    raw = os.fsencode(path)
+    text = os.fspath(path)
+    if "%" not in text and text.isascii():
+        return text
+    raw = os.fsencode(text)
     out: list[str] = []
     i = 0
     while i < len(raw):
@@ -30,6 +33,8 @@ def encode_path(path: str | os.PathLike[str]) -> str:
 
 def decode_path(text: str) -> str:
     """The file name as ``str`` (undecodable bytes as surrogate escapes, like ``os.fsdecode``)."""
+    if "%" not in text:  # the common case, and the hot path of a million-row export
+        return text
     data = bytearray()
     i = 0
     encoded = text.encode("utf-8")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from musiq_daemon.api import ScoreRecord
 from musiq_daemon.index.models import Photo, Score, WrittenFile
 from musiq_daemon.index.paths import encode_path
+from musiq_daemon.metadata.safefile import FileSignature
 
 
 def now() -> datetime:
@@ -59,6 +60,8 @@ def upsert_photo(
         photo.height, photo.width = size_hw
     if taken_at is not None:
         photo.taken_at = taken_at
+    elif photo.taken_at is None:  # no capture time in the file: the file's own time stands in
+        photo.taken_at = datetime.fromtimestamp(st.st_mtime, UTC)
     session.flush()
     return photo
 
@@ -106,21 +109,18 @@ def record_score(
     return row
 
 
-def record_written_file(session: Session, path: Path, st: os.stat_result) -> None:
+def record_written_file(session: Session, path: Path, signature: FileSignature) -> None:
     """Remember the exact version of a file musiqd wrote, so its change events are recognised as ours."""
     key = encode_path(os.path.abspath(path))
     row = session.scalars(select(WrittenFile).where(WrittenFile.path == key)).first()
     if row is None:
-        row = WrittenFile(
-            path=key,
-            dev=st.st_dev,
-            inode=st.st_ino,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            written_at=now(),
-        )
+        row = WrittenFile(path=key, dev=0, inode=0, size=0, mtime_ns=0, written_at=now())
         session.add(row)
-    else:
-        row.dev, row.inode, row.size, row.mtime_ns = st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-        row.written_at = now()
+    row.dev, row.inode, row.size, row.mtime_ns = (
+        signature.dev,
+        signature.inode,
+        signature.size,
+        signature.mtime_ns,
+    )
+    row.written_at = now()
     session.flush()
