@@ -130,3 +130,40 @@ def test_cli_and_library_agree(env: dict[str, str], photos: Path, models_root: P
     cli = json.loads(run(["score", str(photos / "sub" / "b.png"), "--json", "--variant", "fp32"], env).stdout)
     assert cli["raw"] == pytest.approx(record.raw, rel=1e-6)
     assert np.isfinite(record.raw)
+
+
+def test_score_write_and_index(env: dict[str, str], photos: Path, tmp_path: Path) -> None:
+    """`score --write` puts the score into the photo (read back by exiftool) and into the index."""
+    import shutil
+
+    if shutil.which("exiftool") is None:
+        pytest.skip("exiftool is not installed (.ci/run installs it)")
+    photo = photos / "a.jpg"
+    db = tmp_path / "index.sqlite3"
+    first = json.loads(
+        run(["score", str(photo), "--json", "--write", "--variant", "fp32", "--db", str(db)], env).stdout
+    )
+    assert first["written"]["target"] == "embedded" and first["written"]["changed"] is True
+    tags = json.loads(
+        subprocess.run(["exiftool", "-j", "-G1", "-XMP-musiqd:all", "-XMP-xmp:Rating", str(photo)],
+                       capture_output=True, text=True, check=True).stdout
+    )[0]  # fmt: skip
+    assert float(tags["XMP-musiqd:KoniqScore"]) == pytest.approx(first["score"], abs=5e-4)
+    assert tags["XMP-musiqd:KoniqModelVersion"] == first["model_version"]
+    assert tags["XMP-xmp:Rating"] == first["written"]["rating"]
+    stat = photo.stat()
+    again = json.loads(
+        run(["score", str(photo), "--json", "--write", "--variant", "fp32", "--db", str(db)], env).stdout
+    )
+    assert again["written"]["changed"] is False  # idempotent: the photo is not rewritten
+    assert (photo.stat().st_mtime_ns, photo.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    rows = json.loads(run(["query", "--format", "json", "--db", str(db)], env).stdout)
+    assert [(r["path"], r["score"]) for r in rows] == [(str(photo), pytest.approx(first["score"]))]
+    assert rows[0]["content_hash"].startswith("jpeg-scan:sha256:")
+
+
+def test_score_no_index(env: dict[str, str], photos: Path, tmp_path: Path) -> None:
+    run(["score", str(photos / "a.jpg"), "--no-index", "--db", str(tmp_path / "none.sqlite3")], env)
+    assert not (tmp_path / "none.sqlite3").exists()
+    run(["score", str(photos / "a.jpg"), "--variant", "fp32"], env)  # default index in the data dir
+    assert (Path(env["MUSIQD_DATA_DIR"]) / "index.sqlite3").is_file()
