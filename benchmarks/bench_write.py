@@ -75,6 +75,7 @@ def record(score: float) -> ScoreRecord:
         device="cpu",
         num_tokens=512,
         scored_size=(768, 1024),
+        stored_size=(1024, 768),
         source="dct-1/4",
         format="JPEG",
         orientation_applied=False,

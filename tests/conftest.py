@@ -6,7 +6,12 @@ keys and shapes (a tiny transformer for speed) and go through the same loader, c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# TensorFlow (imported by some tests as an oracle, and by the converter) reads this once, at import: set it
+# before any test imports it, so conversions stay quiet whichever test runs first.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 

@@ -38,7 +38,8 @@ def make_record(model: str, score: float, version: str = "abcdef012345") -> Scor
     return ScoreRecord(
         score=score, raw=score if model == "ava" else (score - 1) * 25, model_id=model, model_version=version,
         variant="dynamic-int8", model_sha256="0" * 64, scale_min=scale[0], scale_max=scale[1],
-        resolution_policy="max_side=1024", device="cpu", num_tokens=385, scored_size=(384, 512), stored_size=(512, 384), source="full",
+        resolution_policy="max_side=1024", device="cpu", num_tokens=385, scored_size=(384, 512),
+        stored_size=(512, 384), source="full",
         format="JPEG", orientation_applied=True, scored_at=datetime.now(UTC).isoformat(),
         timings={"decode": 0.01, "preprocess": 0.01, "inference": 0.1},
     )  # fmt: skip
@@ -267,12 +268,13 @@ def test_cli_formats(library: tuple[IndexDB, Path]) -> None:
     table = list(csv.DictReader(io.StringIO(musiqd(["query", "--min", "4", "-f", "csv"], db).stdout)))
     assert [float(r["score"]) for r in table] == [4.6, 4.0, 4.0]
     for fmt, sep in (("paths", b"\n"), ("paths0", b"\0")):
+        argv = ["query", "--max", "2.2", "-f", fmt, "--sort", "path", "--db", db.url]
         raw = subprocess.run(
-            [sys.executable, "-m", "musiq_daemon", "query", "--max", "2.2", "-f", fmt, "--sort", "path", "--db",
-             db.url], capture_output=True, check=True,
-        ).stdout  # fmt: skip
+            [sys.executable, "-m", "musiq_daemon", *argv], capture_output=True, check=True
+        ).stdout
         # Exact bytes of the file names, also the one that is not valid UTF-8 (ready for xargs -0).
-        assert raw.split(sep)[:-1] == [os.fsencode(root / "2024" / "d.jpg"), os.fsencode(root / "2024" / ODD)]
+        expected = [os.fsencode(root / "2024" / "d.jpg"), os.fsencode(root / "2024" / ODD)]
+        assert raw.split(sep)[:-1] == expected
     odd_json = json.loads(musiqd(["query", "--max", "1.5", "-f", "json"], db).stdout)
     assert os.fsencode(odd_json[0]["path"]) == os.fsencode(root / "2024" / ODD)
     out = musiqd(["query", "--min", "4"], db)

@@ -80,6 +80,7 @@ def record(model: str = "koniq", score: float = 3.5, *, version: str = "1a2b3c4d
         device="cpu",
         num_tokens=512,
         scored_size=(427, 640),
+        stored_size=(640, 427),
         source="dct-1/2",
         format="JPEG",
         orientation_applied=False,

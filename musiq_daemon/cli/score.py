@@ -106,8 +106,12 @@ def score(
             if as_json:
                 data = result.to_dict()
                 if written is not None:
-                    data["written"] = {"target": written.target, "path": str(written.path) if written.path else None,
-                                       "changed": written.changed, "rating": written.rating_written}  # fmt: skip
+                    data["written"] = {
+                        "target": written.target,
+                        "path": str(written.path) if written.path else None,
+                        "changed": written.changed,
+                        "rating": written.rating_written,
+                    }
                 typer.echo(json.dumps(data, ensure_ascii=False))
             else:
                 typer.echo(_row(result, written))
