@@ -287,7 +287,9 @@ def test_cli_stats_and_db_commands(library: tuple[IndexDB, Path]) -> None:
     db, _ = library
     out = musiqd(["stats"], db).stdout
     assert "photos: 8" in out and "koniq" in out and "scored 6" in out and "failed 1" in out
-    assert "schema 0001" in musiqd(["db", "current"], db).stdout
+    from musiq_daemon.index.db import head_revision
+
+    assert f"schema {head_revision()}; this musiqd: {head_revision()}" in musiqd(["db", "current"], db).stdout
     assert "up to date" in musiqd(["db", "upgrade"], db).stdout
 
 
@@ -321,3 +323,17 @@ def test_cli_unreadable_database(tmp_path: Path) -> None:
         and "cannot open the index" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_fast_revision_check_agrees_with_alembic() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from musiq_daemon.index.db import _known_revisions, migrations_dir
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    script = ScriptDirectory.from_config(config)
+    head, known = _known_revisions()
+    assert head == script.get_current_head()
+    assert known == {rev.revision for rev in script.walk_revisions()}

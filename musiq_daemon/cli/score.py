@@ -76,6 +76,12 @@ def score(
     photos = list(iter_photos(paths))
     if not photos:
         raise UsageError("no photos found in the given paths")
+    if write_policy is not None:
+        from musiq_daemon.metadata.safefile import cleanup_stale_temps
+
+        # Temp files left by a killed earlier run (never a photo: only musiqd's own temp names).
+        for folder in sorted({p.parent for p in photos}):
+            cleanup_stale_temps(folder)
     scorer = Scorer(model, variant, device=device, threads=threads, policy=resolution)
     db = None
     if not no_index:

@@ -7,6 +7,7 @@ upgrades it; one created by a newer musiqd is refused with a clear message (neve
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -101,15 +102,26 @@ def _alembic_config(engine: Engine | None = None) -> Any:
     return config
 
 
-def _known_revisions() -> tuple[str, set[str]]:
-    """(head, every revision this musiqd knows)."""
-    from alembic.script import ScriptDirectory
+_REVISION_RE = re.compile(r'^(revision|down_revision)\s*=\s*(?:"([^"]*)"|None)', re.MULTILINE)
 
-    script = ScriptDirectory.from_config(_alembic_config())
-    head = script.get_current_head()
-    if head is None:
-        raise RuntimeError(f"no migrations found in {migrations_dir()}")
-    return head, {rev.revision for rev in script.walk_revisions()}
+
+def _known_revisions() -> tuple[str, set[str]]:
+    """(head, every revision this musiqd knows), read from the migration files' headers.
+
+    Reading two assignments per file avoids importing Alembic and every migration on each start-up:
+    opening an up-to-date index is the common case and `musiqd query` must start fast. A test checks
+    the result against Alembic's own view.
+    """
+    revisions: dict[str, str | None] = {}
+    for path in sorted((migrations_dir() / "versions").glob("*.py")):
+        found = {key: value or None for key, value in _REVISION_RE.findall(path.read_text("utf-8"))}
+        if found.get("revision"):
+            revisions[str(found["revision"])] = found.get("down_revision")
+    parents = {parent for parent in revisions.values() if parent}
+    heads = [rev for rev in revisions if rev not in parents]
+    if len(heads) != 1:
+        raise RuntimeError(f"expected one migration head in {migrations_dir()}, found {heads}")
+    return heads[0], set(revisions)
 
 
 def head_revision() -> str:
@@ -117,10 +129,11 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
+    """The schema revision recorded in the database (None for a new, empty one)."""
+    if "alembic_version" not in inspect(engine).get_table_names():
+        return None
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine) -> None:
