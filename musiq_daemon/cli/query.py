@@ -61,7 +61,7 @@ def query(
     json/jsonl/csv fields: path, score, raw, model, model_version, variant, resolution_policy, scored_at,
     date, width, height, format, content_hash, error. paths0 separates paths with NUL (for xargs -0).
     """
-    from musiq_daemon.index import ScoreQuery, open_index, run_query
+    from musiq_daemon.index import ScoreQuery, iter_paths, open_index, run_query
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
@@ -74,20 +74,20 @@ def query(
     q.validate()
     db = open_index(database)
     try:
-        _emit(run_query(db, q), fmt)
+        if fmt in ("paths", "paths0"):
+            end = "\n" if fmt == "paths" else "\0"
+            write = sys.stdout.write
+            for path in iter_paths(db, q):
+                write(path + end)
+        else:
+            _emit(run_query(db, q), fmt)
     finally:
         db.close()
 
 
 def _emit(rows: Iterable[ResultRow], fmt: str) -> None:
     out = sys.stdout
-    if fmt == "paths":
-        for row in rows:
-            out.write(row.path + "\n")
-    elif fmt == "paths0":
-        for row in rows:
-            out.write(row.path + "\0")
-    elif fmt == "jsonl":
+    if fmt == "jsonl":
         for row in rows:
             out.write(_json(row.as_dict()) + "\n")
     elif fmt == "json":

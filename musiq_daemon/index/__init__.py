@@ -1,7 +1,15 @@
 """The SQLite (or any SQLAlchemy database) index of photos, scores, jobs and musiqd's own writes."""
 
 from musiq_daemon.index.db import IndexDB, open_index
-from musiq_daemon.index.queries import IndexStats, ModelStats, ResultRow, ScoreQuery, run_query, stats
+from musiq_daemon.index.queries import (
+    IndexStats,
+    ModelStats,
+    ResultRow,
+    ScoreQuery,
+    iter_paths,
+    run_query,
+    stats,
+)
 
 __all__ = [
     "IndexDB",
@@ -9,6 +17,7 @@ __all__ = [
     "ModelStats",
     "ResultRow",
     "ScoreQuery",
+    "iter_paths",
     "open_index",
     "run_query",
     "stats",

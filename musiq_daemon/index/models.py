@@ -160,3 +160,28 @@ class WrittenFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+DAEMON_STATES = ("starting", "scanning", "running", "paused", "quiet-hours", "stopped")
+
+
+class DaemonState(Base):
+    """The running daemon's state, one row (id 1): what ``musiqd status`` shows and how ``musiqd pause``
+    reaches the daemon (it polls ``paused``), also across users and containers sharing the index."""
+
+    __tablename__ = "daemon_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="stopped")  # DAEMON_STATES
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    roots: Mapped[str | None] = mapped_column(Text)  # JSON list of encode_path roots being watched
+    models: Mapped[str | None] = mapped_column(Text)  # comma-separated model ids
+    device: Mapped[str | None] = mapped_column(String(16))
+    done: Mapped[int] = mapped_column(BigInteger, default=0)  # photos scored since started_at
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)  # jobs failed since started_at
+    busy_s: Mapped[float] = mapped_column(Float, default=0.0)  # seconds spent scoring since started_at
+    message: Mapped[str | None] = mapped_column(Text)  # e.g. scan progress or unavailable roots
