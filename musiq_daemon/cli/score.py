@@ -145,31 +145,10 @@ def _write_policy(
 
 
 def _record(db: IndexDB, path: Path, record: ScoreRecord, written: WriteResult | None) -> None:
-    """Store the score, the photo's identity and every file musiqd wrote (so its events are ignored)."""
-    from musiq_daemon.index.records import record_score, record_written_file, upsert_photo
-    from musiq_daemon.metadata.capture import capture_time
-    from musiq_daemon.metadata.content_hash import content_hash_file
+    from musiq_daemon.index.records import record_result
 
-    chash = written.content_hash if written is not None and written.content_hash else None
-    try:
-        chash = chash or content_hash_file(path)
-    except MusiqError:
-        chash = None
     with db.session() as session:
-        photo = upsert_photo(
-            session, path, content_hash=chash, fmt=record.format,
-            size_hw=(record.stored_size[1], record.stored_size[0]), taken_at=capture_time(path),
-        )  # fmt: skip
-        record_score(
-            session, photo, record,
-            written_to=written.target if written is not None else None,
-            written_path=written.path if written is not None else None,
-            rating_written=written.rating_written if written is not None else None,
-        )  # fmt: skip
-        if written is not None:
-            for f in written.files:
-                if f.changed:
-                    record_written_file(session, f.path, f.signature)
+        record_result(session, path, record, written)
 
 
 _HEADER = (

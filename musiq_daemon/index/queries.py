@@ -99,7 +99,7 @@ class ResultRow:
         return out
 
 
-def _under_condition(db: IndexDB, under: Path) -> ColumnElement[bool]:
+def under_condition(db: IndexDB, under: Path) -> ColumnElement[bool]:
     """Photos at or below ``under`` (absolute, or relative to the current directory)."""
     target = Path(os.path.abspath(under))
     encoded = encode_path(target)
@@ -151,7 +151,7 @@ def _statement(db: IndexDB, q: ScoreQuery, *, paths_only: bool = False) -> Selec
     if not q.include_vanished:
         stmt = stmt.where(Photo.missing_since.is_(None))
     if q.under is not None:
-        stmt = stmt.where(_under_condition(db, q.under))
+        stmt = stmt.where(under_condition(db, q.under))
     if q.since is not None:
         stmt = stmt.where(Photo.taken_at >= q.since)
     if q.until is not None:

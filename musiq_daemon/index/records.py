@@ -5,14 +5,21 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.api import ScoreRecord
+from musiq_daemon.errors import MusiqError
 from musiq_daemon.index.models import Photo, Score, WrittenFile
 from musiq_daemon.index.paths import encode_path
+from musiq_daemon.metadata.capture import capture_time
+from musiq_daemon.metadata.content_hash import content_hash_file
 from musiq_daemon.metadata.safefile import FileSignature
+
+if TYPE_CHECKING:
+    from musiq_daemon.metadata.writer import WriteResult
 
 
 def now() -> datetime:
@@ -124,3 +131,43 @@ def record_written_file(session: Session, path: Path, signature: FileSignature) 
     )
     row.written_at = now()
     session.flush()
+
+
+def record_result(
+    session: Session,
+    path: Path,
+    record: ScoreRecord,
+    written: WriteResult | None,
+    *,
+    roots: list[Path] | None = None,
+) -> Photo:
+    """Everything one scoring leaves in the index: the photo (stat, content hash, size, capture time), its
+    score with where it was written, and the signature of every file musiqd wrote (so the watcher
+    recognises its own writes). Used by ``musiqd score`` and by the daemon's worker."""
+    chash = written.content_hash if written is not None else None
+    if chash is None:
+        try:
+            chash = content_hash_file(path)
+        except MusiqError:
+            chash = None  # the score stands; only move detection is lost for this photo
+    photo = upsert_photo(
+        session,
+        path,
+        roots=roots,
+        content_hash=chash,
+        fmt=record.format,
+        size_hw=(record.stored_size[1], record.stored_size[0]),
+        taken_at=capture_time(path),
+    )
+    record_score(
+        session,
+        photo,
+        record,
+        written_to=written.target if written is not None else "none",
+        written_path=written.path if written is not None else None,
+        rating_written=written.rating_written if written is not None else None,
+    )
+    for file in written.files if written is not None else ():
+        if file.changed:
+            record_written_file(session, file.path, file.signature)
+    return photo
