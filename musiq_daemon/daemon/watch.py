@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
@@ -542,4 +543,7 @@ class _PollingEmitter(EventEmitter):
 
 
 def _polling_observer(path_filter: PathFilter, interval: float) -> BaseObserver:
-    return BaseObserver(_PollingEmitter, timeout=interval, path_filter=path_filter)
+    # A partial, as watchdog's own PollingObserverVFS passes its emitter's options (older watchdog
+    # versions pass no extra arguments to emitters).
+    emitter = partial(_PollingEmitter, path_filter=path_filter)
+    return BaseObserver(emitter, timeout=interval)  # type: ignore[arg-type]
