@@ -1,1 +1,0 @@
-"""The musiqd background service: find new photos, queue them in the index, score them, write the scores."""
