@@ -97,3 +97,15 @@ class IndexDatabaseError(MusiqError):
     """The index database cannot be opened, is from a newer version, or a query is invalid."""
 
     exit_code = 8
+
+
+class ConfigError(UsageError):
+    """The configuration (file, environment variable or option) is invalid; the message says where."""
+
+    exit_code = 2
+
+
+class AlreadyRunningError(MusiqError):
+    """Another musiqd daemon already watches with the same index database (one per database)."""
+
+    exit_code = 13

@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 some photos failed; 2 bad usage or configuration; 3 model or
 checkpoint problem; 4 unreadable image; 5 device unavailable; 6 conversion failed; 7 download failed;
 8 index database unreadable or from a newer musiqd; 9 a file could not be written; 10 read-only file
-or folder; 11 disk full; 12 the file changed while musiqd was writing it (retried later).
+or folder; 11 disk full; 12 the file changed while musiqd was writing it (retried later); 13 another
+musiqd daemon already runs on the same index.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 import typer
 
 from musiq_daemon import __version__
+from musiq_daemon.cli import config as config_cmd
+from musiq_daemon.cli import daemon as daemon_cmd
 from musiq_daemon.cli import db as db_cmd
 from musiq_daemon.cli import models as models_cmd
 from musiq_daemon.cli import query as query_cmd
@@ -31,9 +34,16 @@ app = typer.Typer(
 )
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(config_cmd.app, name="config")
 app.command("score")(score_cmd.score)
 app.command("query")(query_cmd.query)
 app.command("stats")(query_cmd.show_stats)
+app.command("watch")(daemon_cmd.watch)
+app.command("status")(daemon_cmd.status)
+app.command("pause")(daemon_cmd.pause)
+app.command("resume")(daemon_cmd.resume)
+app.command("rescore")(daemon_cmd.rescore)
+app.command("notify")(daemon_cmd.notify)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,266 @@
+"""The daemon's commands: ``watch`` runs it; ``status``, ``pause``, ``resume``, ``rescore`` and ``notify``
+talk to it through the index (they work while it runs, from any user that can open the index)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from musiq_daemon.cli.config import CONFIG_HELP
+from musiq_daemon.cli.query import DB_HELP
+from musiq_daemon.errors import UsageError
+
+if TYPE_CHECKING:
+    from musiq_daemon.config import Config
+    from musiq_daemon.daemon.scan import PathFilter
+    from musiq_daemon.index import IndexDB
+
+# Heavy modules (watchdog, SQLAlchemy, the model runtime) are imported inside the commands.
+
+_CONFIG_OPTION = typer.Option(None, "--config", "-c", help=CONFIG_HELP, dir_okay=False)
+_DB_OPTION = typer.Option(None, "--db", help=DB_HELP + " Overrides the configuration's database.")
+#: A state row older than this (3 heartbeats) belongs to a daemon that is gone (or on a hung machine).
+STALE_AFTER_S = 15.0
+
+
+def _load(config: Path | None, overrides: dict[str, object] | None = None) -> Config:
+    from musiq_daemon.config import load_config
+
+    return load_config(config, overrides=overrides or {})
+
+
+def _open(config: Config) -> IndexDB:
+    from musiq_daemon.index import open_index
+
+    return open_index(config.database)
+
+
+def watch(
+    roots: list[Path] = typer.Argument(None, help="Folders to watch (default: roots in the configuration)."),
+    config: Path | None = _CONFIG_OPTION,
+    observer: str = typer.Option(None, "--observer", help="auto (default), native or poll."),
+    database: str = _DB_OPTION,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every file decision (debug)."),
+) -> None:
+    """Run the daemon in the foreground: scan the roots, watch them, score new photos.
+
+    Logs go to stderr (journald-friendly under systemd). Stop with SIGTERM or Ctrl-C; SIGHUP reloads the
+    configuration. One daemon per index database (exit code 13 for a second one).
+    """
+    from musiq_daemon.daemon.service import configure_logging, run_service
+
+    overrides: dict[str, object] = {"observer": observer, "database": database}
+    if roots:
+        overrides["roots"] = roots
+    loaded = _load(config, overrides)
+    configure_logging(verbose)
+    code = run_service(loaded, reload=lambda: _load(config, overrides))
+    raise typer.Exit(code)
+
+
+def status(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+    config: Path | None = _CONFIG_OPTION,
+    database: str = _DB_OPTION,
+) -> None:
+    """Show the daemon's state, queue, throughput, ETA, last errors, models and device."""
+    from musiq_daemon.daemon.queue import queue_counts, recent_failures
+    from musiq_daemon.daemon.service import daemon_running, read_state
+
+    db = _open(_load(config, {"database": database}))
+    try:
+        row = read_state(db)
+        counts = queue_counts(db)
+        failures = recent_failures(db, limit=5)
+        running_here = daemon_running(db.url)
+    finally:
+        db.close()
+    info: dict[str, Any] = {"running": False, "state": "never started", "queue": counts}
+    if row is not None:
+        beat = row.heartbeat_at
+        age = (datetime.now(UTC) - beat).total_seconds() if beat is not None else None
+        if running_here is None or row.host != socket.gethostname():
+            # No lock file to ask (a daemon on another machine sharing a database server, or another
+            # user's data directory): a recent heartbeat tells.
+            running = row.state != "stopped" and age is not None and age < STALE_AFTER_S
+        else:
+            running = running_here
+        rate = row.done / row.busy_s * 60 if row.busy_s > 0 else None
+        backlog = counts["pending"] + counts["running"]
+        info.update(
+            running=running,
+            state=row.state if running else "stopped" if row.state == "stopped" else "not running",
+            pid=row.pid,
+            host=row.host,
+            started_at=_iso(row.started_at),
+            heartbeat_at=_iso(beat),
+            heartbeat_age_s=round(age, 1) if age is not None else None,
+            paused=row.paused,
+            models=row.models.split(",") if row.models else [],
+            device=row.device,
+            roots=json.loads(row.roots) if row.roots else [],
+            scored=row.done,
+            throughput_per_min=round(rate, 2) if rate is not None else None,
+            eta_s=round(backlog / rate * 60) if rate and backlog else None,
+            message=row.message,
+        )
+    info["errors"] = [
+        {"path": str(f.path), "model": f.model_id, "state": f.state, "error": f.error, "when": _iso(f.when)}
+        for f in failures
+    ]
+    if as_json:
+        typer.echo(json.dumps(info, ensure_ascii=False))
+        return
+    typer.echo(_status_text(info))
+
+
+def _status_text(info: dict[str, Any]) -> str:
+    lines = []
+    state = info["state"]
+    if info["running"]:
+        state += f" (pid {info['pid']} on {info['host']}, since {info['started_at']})"
+    elif info.get("heartbeat_at"):
+        state += f" (last seen {info['heartbeat_at']})"
+    if info.get("paused") and info["state"] != "paused":
+        state += ", pause requested"
+    lines.append(f"state:      {state}")
+    q = info["queue"]
+    lines.append(
+        f"queue:      {q['pending']} pending, {q['running']} running, {q['failed']} failed, {q['done']} done"
+    )
+    if info.get("throughput_per_min") is not None:
+        eta = f", ETA {_duration(info['eta_s'])}" if info.get("eta_s") else ""
+        lines.append(
+            f"throughput: {info['throughput_per_min']:.1f} photos/min ({info['scored']} scored){eta}"
+        )
+    if "models" in info:
+        lines.append(f"models:     {', '.join(info['models']) or '-'}; device: {info['device'] or '-'}")
+        lines.append(f"roots:      {', '.join(info['roots']) or '-'}")
+    if info.get("message"):
+        lines.append(f"note:       {info['message']}")
+    if info["errors"]:
+        lines.append("last errors:")
+        lines += [f"  {e['when']}  {e['model']}  {e['path']}: {e['error']}" for e in info["errors"]]
+    return "\n".join(lines)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.astimezone().isoformat(timespec="seconds") if when is not None else None
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{max(minutes, 1)} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def pause(config: Path | None = _CONFIG_OPTION, database: str = _DB_OPTION) -> None:
+    """Stop scoring (the running photo finishes); new photos are still found and queued."""
+    _set_paused(config, database, paused=True)
+
+
+def resume(config: Path | None = _CONFIG_OPTION, database: str = _DB_OPTION) -> None:
+    """Resume scoring after `musiqd pause` (quiet hours still apply)."""
+    _set_paused(config, database, paused=False)
+
+
+def _set_paused(config: Path | None, database: str | None, *, paused: bool) -> None:
+    from musiq_daemon.daemon.service import daemon_running, set_paused
+
+    db = _open(_load(config, {"database": database}))
+    try:
+        set_paused(db, paused)
+        running = daemon_running(db.url)
+    finally:
+        db.close()
+    word = "paused" if paused else "resumed"
+    note = "within a second" if running else "when the daemon starts (it is not running here)"
+    typer.echo(f"{word}: the daemon follows {note}")
+
+
+def rescore(
+    paths: list[Path] = typer.Argument(None, help="Only photos at or below these paths."),
+    model: str = typer.Option(..., "--model", "-m", help="Model id to score with."),
+    missing: bool = typer.Option(False, "--missing", help="Photos without a score of this model."),
+    all_photos: bool = typer.Option(False, "--all", help="Every photo, scored or not."),
+    config: Path | None = _CONFIG_OPTION,
+    database: str = _DB_OPTION,
+) -> None:
+    """Queue photos of the index for a model (the running daemon scores them)."""
+    from musiq_daemon.daemon.queue import rescore as queue_rescore
+
+    if missing == all_photos:
+        raise UsageError("choose one of --missing and --all")
+    loaded = _load(config, {"database": database})
+    if model not in loaded.models:
+        typer.echo(
+            f"musiqd: note: {model} is not among the configured models ({', '.join(loaded.models)}): "
+            "the daemon scores its jobs only once it is added",
+            err=True,
+        )
+    db = _open(loaded)
+    try:
+        targets = [Path(os.path.abspath(p)) for p in paths or []]
+        queued = queue_rescore(db, model, mode="missing" if missing else "all", paths=targets)
+    finally:
+        db.close()
+    typer.echo(f"queued {queued} photos for {model}")
+
+
+def notify(
+    paths: list[Path] = typer.Argument(..., help="Complete photo files to queue now."),
+    config: Path | None = _CONFIG_OPTION,
+    database: str = _DB_OPTION,
+) -> None:
+    """Queue photos that another tool knows are complete (no waiting for the watcher's quiet period).
+
+    Each file must be under a root of the configuration or of the running daemon. Exit code 1 when some
+    could not be queued (each is reported).
+    """
+    from musiq_daemon.daemon.scan import PathFilter, ingest_file
+    from musiq_daemon.daemon.service import read_state
+    from musiq_daemon.index.paths import decode_path
+
+    loaded = _load(config, {"database": database})
+    db = _open(loaded)
+    problems = 0
+    try:
+        row = read_state(db)
+        roots = list(loaded.roots)
+        if row is not None and row.roots:
+            roots += [
+                Path(decode_path(r)) for r in json.loads(row.roots) if Path(decode_path(r)) not in roots
+            ]
+        path_filter = PathFilter.of(loaded)
+        for given in paths:
+            path = Path(os.path.abspath(given))
+            root = next((r for r in roots if path.is_relative_to(r) and path != r), None)
+            problem = _notify_problem(path, root, path_filter)
+            if problem is not None:
+                problems += 1
+                typer.echo(f"musiqd: {path}: {problem}", err=True)
+                continue
+            with db.session() as session:
+                outcome = ingest_file(session, path, roots=roots, models=loaded.models, hash_new=True)
+            typer.echo(f"{outcome}: {path}")
+    finally:
+        db.close()
+    if problems:
+        raise typer.Exit(1)
+
+
+def _notify_problem(path: Path, root: Path | None, path_filter: PathFilter) -> str | None:
+    if root is None:
+        return "not under a watched root"
+    if not path.is_file() or path.is_symlink():
+        return "not a regular file"
+    if not path_filter.path_wanted(str(path), str(root)):
+        return "not a photo the daemon scores (excluded, or not a photo format)"
+    return None

@@ -1,0 +1,885 @@
+"""``musiqd watch``: the daemon's main loop.
+
+Start-up: take the single-instance lock, lower the process's CPU and I/O priority, requeue jobs a killed
+daemon left running, remove its stale temporary files, start the watchers (before the scan, so that no
+photo arriving during the scan is missed) and the workers, then scan every root. READY=1 goes to systemd
+once the initial scan has queued everything; a long first scan keeps extending systemd's start timeout.
+
+The main thread only keeps time: signals, pause and quiet hours, the systemd watchdog, the state row that
+``musiqd status`` reads, root health, reloads. Scans run in a thread of their own, the settler and the
+observers in theirs, scoring in the workers'.
+
+Signals: SIGTERM and SIGINT stop within seconds (a worker finishes or requeues its photo), SIGHUP reloads
+the configuration (changed roots or observer settings restart the watchers and rescan; model settings
+restart the workers; the database, nice and ionice need a restart).
+
+Single instance: an exclusive ``flock`` on a lock file next to the SQLite index (``<index>.lock``), or,
+for a database server, in the data directory keyed by a hash of the URL. The kernel drops the lock when
+the process dies, also on kill -9, so a stale lock never blocks a restart. The lock file holds the pid
+for the error message and for ``musiqd status``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy.engine import make_url
+
+from musiq_daemon.daemon.scan import (
+    PathFilter,
+    ScanProgress,
+    has_photos,
+    ingest_file,
+    known_version,
+    mark_missing,
+    mark_missing_under,
+    root_unavailable,
+    scan_root,
+)
+from musiq_daemon.daemon.watch import MountTable, RootWatcher, Settler
+from musiq_daemon.errors import AlreadyRunningError, MusiqError, UsageError
+from musiq_daemon.index.db import url_for
+from musiq_daemon.index.models import DaemonState
+from musiq_daemon.index.paths import encode_path
+from musiq_daemon.index.records import now
+from musiq_daemon.metadata.safefile import cleanup_stale_temps
+from musiq_daemon.paths import data_dir
+
+if TYPE_CHECKING:
+    from musiq_daemon.config import Config
+    from musiq_daemon.daemon.worker import Worker
+    from musiq_daemon.index.db import IndexDB
+
+log = logging.getLogger("musiqd")
+
+STATE_ROW: Final = 1
+HEARTBEAT_S: Final = 5.0  # state row and systemd STATUS
+ROOT_CHECK_S: Final = 10.0  # unmounted shares, dead observers
+SCAN_RETRY_S: Final = 60.0  # a scan that failed (the index busy or unreachable) is tried again after this
+PROGRESS_LOG_S: Final = 5.0  # scan progress lines when stderr is not a terminal
+STOP_GRACE_S: Final = 4.0  # workers get this long to finish or requeue their photo
+# An idle worker looks for due jobs (retries, jobs queued by `musiqd notify` or `rescore`) this often: a
+# claim costs about 2 ms, i.e. 0.1% of a core at this interval. The daemon's own new jobs wake it at once
+# (_WorkerSignal).
+WORKER_POLL_S: Final = 2.0
+# Extends systemd's start timeout while the initial scan runs (a first scan of a big share takes minutes).
+START_EXTEND_USEC: Final = 60_000_000
+# Fields whose change needs new watchers (and a rescan), new workers, or a restart.
+_WATCH_FIELDS: Final = ("roots", "include", "exclude", "observer", "poll_interval")
+_WORKER_FIELDS: Final = (
+    "models", "variant", "device", "threads", "workers", "resolution", "max_pixels", "write", "retries",
+    "retry_backoff",
+)  # fmt: skip
+_RESTART_FIELDS: Final = ("database", "nice", "ioclass")
+
+
+# --- logging -----------------------------------------------------------------------------------------------
+
+_SYSLOG_PRIORITY: Final = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<priority>LEVEL message``: journald takes the prefix as the entry's priority (``journalctl -p``)
+    and strips it; it adds the time itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
+        return f"<{prio}>{record.levelname} {super().format(record)}"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now, so that log lines go above a running progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
+def under_journal(env: Mapping[str, str] = os.environ) -> bool:
+    """stderr is connected to journald ($JOURNAL_STREAM names stderr's device and inode)."""
+    value = env.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(part) for part in value.split(":"))
+        info = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (info.st_dev, info.st_ino) == (dev, ino)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    handler = _StderrHandler()
+    if under_journal():
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Their INFO lines are one per event (watchdog) or plugin (alembic): noise in a service's journal.
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+# --- systemd -----------------------------------------------------------------------------------------------
+
+
+def sd_notify(message: str, env: Mapping[str, str] = os.environ) -> bool:
+    """Send ``message`` (e.g. ``READY=1``) to systemd's notification socket; False when not under
+    systemd or the socket is unreachable. The protocol is one datagram on an AF_UNIX socket; ``@``
+    names a socket in the abstract namespace."""
+    address = env.get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+        return False
+    return True
+
+
+def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
+    """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC, when the watchdog is meant for us."""
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+# --- single instance ---------------------------------------------------------------------------------------
+
+
+def lock_path(url: str) -> Path:
+    """Where the single-instance lock of the index at ``url`` lives."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(f"{parsed.database}.lock")
+    shown = parsed.render_as_string(hide_password=True)
+    return data_dir() / "locks" / f"{hashlib.sha256(shown.encode()).hexdigest()[:16]}.lock"
+
+
+class InstanceLock:
+    """An exclusive flock held for the daemon's lifetime (see the module doc)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def acquire(cls, url: str) -> InstanceLock:
+        path = lock_path(url)
+        shown = make_url(url).render_as_string(hide_password=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise MusiqError(f"cannot lock {path}: {exc.strerror}") from None
+            pid = lock_holder(path)
+            raise AlreadyRunningError(
+                f"another musiqd is already running on {shown} (pid {pid if pid else 'unknown'})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid written in a lock file (None when unreadable)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def daemon_running(url: str) -> bool | None:
+    """A daemon holds the lock of this index on this machine (a shared lock is tried, and dropped); None
+    when there is no lock file to ask."""
+    path = lock_path(url)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# --- priority ----------------------------------------------------------------------------------------------
+
+# ioprio_set(2) has no wrapper in Python's os module; its number differs per architecture.
+_IOPRIO_SET: Final = {"x86_64": 251, "i386": 289, "i686": 289, "aarch64": 30, "riscv64": 30, "armv7l": 314,
+                      "armv6l": 314, "ppc64le": 273, "ppc64": 273, "s390x": 282}  # fmt: skip
+_IOPRIO_CLASSES: Final = {"best-effort": 2, "idle": 3}
+
+
+def lower_priority(nice: int, ioclass: str) -> None:
+    """Best effort, logged: ``nice`` and I/O class for the whole process. Called before any thread starts:
+    Linux keeps both per thread, and new threads inherit them from their creator."""
+    if nice:
+        # An absolute level that only goes down in priority: under systemd (Nice=10) os.nice() would add
+        # up to 19; a process already nicer than asked stays as it is.
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, 0, max(current, nice))
+            log.info("CPU priority: nice %d", os.getpriority(os.PRIO_PROCESS, 0))
+        except OSError as exc:
+            log.warning("cannot set nice %d: %s", nice, exc.strerror)
+    if ioclass not in _IOPRIO_CLASSES:
+        return
+    number = _IOPRIO_SET.get(platform.machine())
+    if number is None or not sys.platform.startswith("linux"):
+        log.warning("ionice %s: not supported on this platform", ioclass)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    value = _IOPRIO_CLASSES[ioclass] << 13 | (7 if ioclass == "best-effort" else 0)  # lowest level
+    if libc.syscall(number, 1, 0, value) != 0:  # IOPRIO_WHO_PROCESS, this process
+        log.warning("cannot set I/O class %s: %s", ioclass, os.strerror(ctypes.get_errno()))
+    else:
+        log.info("I/O priority: %s", ioclass)
+
+
+# --- the state row -----------------------------------------------------------------------------------------
+
+
+def read_state(db: IndexDB) -> DaemonState | None:
+    with db.session() as session:
+        return session.get(DaemonState, STATE_ROW)
+
+
+def write_state(db: IndexDB, **values: Any) -> None:
+    """Update the state row, creating it when needed."""
+    with db.session() as session:
+        row = session.get(DaemonState, STATE_ROW)
+        if row is None:
+            row = DaemonState(id=STATE_ROW, state="stopped", paused=False, done=0, failed=0, busy_s=0.0)
+            session.add(row)
+        for key, value in values.items():
+            setattr(row, key, value)
+
+
+def set_paused(db: IndexDB, paused: bool) -> None:
+    write_state(db, paused=paused)
+
+
+# --- the service -------------------------------------------------------------------------------------------
+
+
+class _WorkerSignal(threading.Event):
+    """A worker's stop event that can also be nudged: :meth:`nudge` ends the worker's idle wait (new jobs
+    were queued) without stopping it, so the worker polls the queue rarely yet starts on new photos at
+    once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._signal = threading.Condition()
+        self._nudged = False
+
+    def set(self) -> None:
+        with self._signal:
+            super().set()
+            self._signal.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._signal:
+            if not self.is_set() and not self._nudged:
+                self._signal.wait(timeout)
+            self._nudged = False
+            return self.is_set()
+
+    def nudge(self) -> None:
+        with self._signal:
+            self._nudged = True
+            self._signal.notify_all()
+
+
+@dataclass
+class _RootState:
+    root: Path
+    expected_mount: str | None  # the separate filesystem the root was on at start-up
+    watcher: RootWatcher | None = None
+    unavailable: str | None = None
+
+
+class Service:
+    def __init__(self, config: Config, *, reload: Callable[[], Config] | None = None) -> None:
+        self.config = self._checked(config)
+        self._reload_config = reload
+        self._stop = threading.Event()  # set once: the daemon is stopping
+        self._wake = threading.Event()  # wakes the main loop (signal, scan finished)
+        self._reload_requested = False
+        self._scan_request = threading.Event()
+        self._scan_roots: set[Path] = set()
+        self._scanning = False
+        self._initial_scan_done = False
+        self._lock = threading.Lock()
+        self._roots: dict[Path, _RootState] = {}
+        self._paused = threading.Event()  # what the workers obey: pause, or quiet hours
+        self._workers: list[tuple[Worker, threading.Thread, _WorkerSignal]] = []
+        self._retired = {"done": 0, "failed": 0, "busy_s": 0.0}  # stats of workers replaced by a reload
+        self._started_at = now()
+        self._db: IndexDB | None = None
+        self._settler: Settler | None = None
+        self._device: str | None = None
+
+    @staticmethod
+    def _checked(config: Config) -> Config:
+        if not config.roots:
+            raise UsageError("no roots to watch: give ROOT arguments or set roots in the configuration")
+        return config
+
+    @property
+    def db(self) -> IndexDB:
+        assert self._db is not None
+        return self._db
+
+    @property
+    def settler(self) -> Settler:
+        assert self._settler is not None
+        return self._settler
+
+    # --- lifecycle
+
+    def run(self) -> int:
+        from musiq_daemon.daemon.queue import requeue_stale
+        from musiq_daemon.index.db import open_index
+
+        url = url_for(self.config.database)
+        lock = InstanceLock.acquire(url)
+        try:
+            lower_priority(self.config.nice, self.config.ioclass)
+            self._db = open_index(self.config.database)
+            log.info("musiqd %s watching %s (index %s)", _version(), _roots_text(self.config.roots),
+                     make_url(url).render_as_string(hide_password=True))  # fmt: skip
+            requeued = requeue_stale(self.db)
+            if requeued:
+                log.info("requeued %d photos left running by a previous run", requeued)
+            write_state(self.db, pid=os.getpid(), host=socket.gethostname(), state="starting",
+                        started_at=self._started_at, heartbeat_at=now(), done=0, failed=0, busy_s=0.0,
+                        roots=_roots_json(self.config.roots), models=",".join(self.config.models),
+                        device=None, message=None)  # fmt: skip
+            self._install_signals()
+            self._settler = Settler(
+                self._on_ready, self._on_gone, self._known,
+                quiet_period=self.config.quiet_period, max_wait=self.config.max_wait,
+            )  # fmt: skip
+            self.settler.start()
+            self._start_roots(cleanup=True)
+            self._update_pause()  # a pause requested while stopped holds from the first photo on
+            self._start_workers(self._make_workers())
+            scanner = threading.Thread(target=self._scanner, name="musiqd-scan", daemon=True)
+            self._request_scan(self.config.roots)
+            scanner.start()
+            self._main_loop()
+            return 0
+        finally:
+            self._shutdown()
+            lock.release()
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            self._stop.set()
+            self._wake.set()
+
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested = True
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _shutdown(self) -> None:
+        """Everything is asked to stop first, then waited for against one deadline: systemd (and the user
+        pressing Ctrl-C) expect an exit within seconds."""
+        self._stop.set()
+        self._scan_request.set()
+        sd_notify("STOPPING=1")
+        deadline = time.monotonic() + STOP_GRACE_S
+        for _worker, _thread, stop in self._workers:
+            stop.set()
+        watchers = [s.watcher for s in self._roots.values() if s.watcher is not None]
+        for watcher in watchers:
+            watcher.stop()
+        if self._settler is not None:
+            self._settler.stop()
+            self._settler.join(max(deadline - time.monotonic(), 0.1))
+        for watcher in watchers:
+            watcher.join(max(deadline - time.monotonic(), 0.1))
+        for _worker, thread, _stop in self._workers:
+            thread.join(max(deadline - time.monotonic(), 0.1))
+            if thread.is_alive():
+                log.warning("a worker did not stop in time; its photo is requeued at the next start")
+        if self._db is not None:
+            try:
+                write_state(self.db, state="stopped", heartbeat_at=now(), **self._stats())
+            except Exception as exc:  # the database may be the reason we stop
+                log.warning("cannot record the stopped state: %s", exc)
+            self.db.close()
+        log.info("stopped")
+
+    # --- main loop
+
+    def _main_loop(self) -> None:
+        ping = watchdog_interval()
+        tick = min(1.0, ping) if ping else 1.0
+        next_ping = next_beat = next_root_check = 0.0
+        while not self._stop.is_set():
+            clock = time.monotonic()
+            if ping and clock >= next_ping:
+                sd_notify("WATCHDOG=1")
+                next_ping = clock + ping
+            try:
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._reload()
+                state = self._update_pause()
+                if clock >= next_root_check:
+                    next_root_check = clock + ROOT_CHECK_S
+                    self._check_roots()
+                if clock >= next_beat:
+                    next_beat = clock + HEARTBEAT_S
+                    self._heartbeat(state)
+            except Exception as exc:
+                # The index may be busy or briefly unreachable (a database server restarting): the next
+                # tick tries again; the workers and the watcher go on meanwhile.
+                log.warning("main loop: %s; retrying", str(exc).splitlines()[0])
+            self._wake.wait(tick)
+            self._wake.clear()
+
+    def _update_pause(self) -> str:
+        """Apply ``musiqd pause`` and quiet hours to the workers; returns the state to show."""
+        row = read_state(self.db)
+        paused = bool(row is not None and row.paused)
+        quiet = self.config.in_quiet_hours(datetime.now().time())
+        if paused or quiet:
+            if not self._paused.is_set():
+                log.info("scoring paused (%s)", "musiqd pause" if paused else "quiet hours")
+            self._paused.set()
+        elif self._paused.is_set():
+            log.info("scoring resumed")
+            self._paused.clear()
+            self._nudge_workers()
+        if paused:
+            return "paused"
+        if quiet:
+            return "quiet-hours"
+        return "scanning" if self._scanning else "running"
+
+    def _heartbeat(self, state: str) -> None:
+        stats = self._stats()
+        unavailable = [f"{s.root}: {s.unavailable}" for s in list(self._roots.values()) if s.unavailable]
+        write_state(self.db, state=state, heartbeat_at=now(), device=self._device,
+                    message="; ".join(f"root {u}" for u in unavailable) or None, **stats)  # fmt: skip
+        if self._initial_scan_done and os.environ.get("NOTIFY_SOCKET"):
+            from musiq_daemon.daemon.queue import queue_counts
+
+            # Counting a big queue costs milliseconds: only for systemd's status line (`musiqd status`
+            # counts for itself).
+            counts = queue_counts(self.db)
+            pending = counts["pending"] + counts["running"]
+            rate = stats["done"] / stats["busy_s"] * 60 if stats["busy_s"] > 0 else 0.0
+            sd_notify(f"STATUS={state}: {pending} queued, {stats['done']} scored, {rate:.1f} photos/min")
+
+    def _stats(self) -> dict[str, Any]:
+        done, failed, busy = self._retired["done"], self._retired["failed"], self._retired["busy_s"]
+        for worker, _thread, _stop in self._workers:
+            stats = worker.stats()
+            done, failed, busy = done + stats.done, failed + stats.failed, busy + stats.busy_s
+        return {"done": int(done), "failed": int(failed), "busy_s": float(busy)}
+
+    # --- roots and watchers
+
+    def _start_roots(self, *, cleanup: bool) -> None:
+        """Watch every root; ``cleanup``: at process start, remove temporary files a killed musiqd left
+        (never later: they may belong to a write in progress)."""
+        mounts = MountTable.read()
+        for root in self.config.roots:
+            mount = mounts.mount_for(root)
+            state = _RootState(root, mount.point if mount.point != "/" else None)
+            self._roots[root] = state
+            self._check_root(state, starting=True, cleanup=cleanup)
+
+    def _check_roots(self) -> None:
+        for state in list(self._roots.values()):
+            try:
+                self._check_root(state)
+            except MusiqError as exc:
+                log.error("root %s: %s", state.root, exc.message)
+
+    def _check_root(self, state: _RootState, *, starting: bool = False, cleanup: bool = False) -> None:
+        reason = self._root_problem(state)
+        if reason is not None:
+            if state.unavailable is None:
+                log.warning("root %s unavailable: skipped (%s)", state.root, reason)
+            state.unavailable = reason
+            if state.watcher is not None:
+                state.watcher.stop()
+                state.watcher = None
+            return
+        back = state.unavailable is not None and not starting
+        state.unavailable = None
+        if cleanup:
+            for temp in cleanup_stale_temps(state.root, recursive=True):
+                log.info("removed a stale temporary file: %s", temp)
+        if state.watcher is not None and state.watcher.alive():
+            return
+        if back:
+            log.info("root %s is available again", state.root)
+        elif state.watcher is not None:
+            log.warning("the watcher of %s stopped; restarting it", state.root)
+        self._start_watcher(state)
+        if back or not starting:
+            self._request_scan([state.root])
+
+    def _start_watcher(self, state: _RootState) -> None:
+        if state.watcher is not None:
+            state.watcher.stop()
+            state.watcher.join(2.0)
+            state.watcher = None
+        try:
+            state.watcher = RootWatcher.start(
+                state.root, setting=self.config.observer, poll_interval=self.config.poll_interval,
+                path_filter=PathFilter.of(self.config), settler=self.settler,
+            )  # fmt: skip
+        except OSError as exc:
+            # The rescans still find its photos; the next root check tries again.
+            log.error("cannot watch %s: %s", state.root, exc.strerror or exc)
+            return
+        extra = f", every {self.config.poll_interval:g} s" if state.watcher.mode == "poll" else ""
+        log.info("watching %s: %s (%s%s)", state.root, state.watcher.mode, state.watcher.reason, extra)
+
+    def _restart_watchers(self) -> None:
+        watchers = [s.watcher for s in self._roots.values() if s.watcher is not None]
+        for watcher in watchers:
+            watcher.stop()
+        for watcher in watchers:
+            watcher.join(2.0)
+        self._roots.clear()
+        self._start_roots(cleanup=False)
+        self._request_scan(self.config.roots)
+
+    # --- settler callbacks (settler thread)
+
+    def _known(self, path: Path, info: os.stat_result) -> bool:
+        with self.db.session() as session:
+            return known_version(session, path, info, self.config.roots)
+
+    def _on_ready(self, path: Path, content_hash: str | None) -> None:
+        with self.db.session() as session:
+            outcome = ingest_file(
+                session, path, roots=self.config.roots, models=self.config.models, content_hash=content_hash
+            )
+        if outcome in ("queued", "moved"):
+            log.info("%s: %s", "queued" if outcome == "queued" else "moved, score kept", path)
+            self._nudge_workers()
+        else:
+            log.debug("%s: %s", outcome, path)
+
+    def _on_gone(self, files: list[Path], folders: list[Path]) -> None:
+        roots = self.config.roots
+        reasons: dict[Path, str | None] = {}  # root -> why it is unreachable (None: reachable)
+
+        def reachable(path: Path) -> bool:
+            state = next((s for s in list(self._roots.values()) if path.is_relative_to(s.root)), None)
+            if state is None:
+                return False
+            if state.root not in reasons:
+                # Checked now, not at the last periodic check: a share that was just unmounted looks like
+                # every photo deleted (polling reports exactly that).
+                reasons[state.root] = self._root_problem(state)
+                if reasons[state.root] is not None and state.unavailable is None:
+                    state.unavailable = reasons[state.root]  # the main loop stops its watcher
+                    log.warning("root %s unavailable: %s", state.root, reasons[state.root])
+            # The root itself vanishing is an unavailable root, never a deletion.
+            return reasons[state.root] is None and path != state.root
+
+        gone_files = [f for f in files if reachable(f)]
+        gone_folders = [f for f in folders if reachable(f)]
+        with self.db.session() as session:
+            count = mark_missing(session, gone_files, roots)
+            for folder in gone_folders:
+                count += mark_missing_under(session, folder, roots)
+        if count:
+            log.info("marked missing: %d photo%s gone", count, "s" if count != 1 else "")
+
+    def _root_problem(self, state: _RootState) -> str | None:
+        with self.db.session() as session:
+            present = has_photos(session, state.root)
+        return root_unavailable(state.root, has_photos=present, expected_mount=state.expected_mount)
+
+    # --- scanning (scanner thread)
+
+    def _request_scan(self, roots: Sequence[Path]) -> None:
+        with self._lock:
+            self._scan_roots.update(roots)
+        self._scan_request.set()
+
+    def _scanner(self) -> None:
+        next_full = time.monotonic()  # the initial scan
+        while not self._stop.is_set():
+            self._scan_request.wait(max(next_full - time.monotonic(), 0.0))
+            self._scan_request.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                requested = set(self._scan_roots)
+                self._scan_roots.clear()
+            full = time.monotonic() >= next_full
+            roots = [root for root in self.config.roots if full or root in requested]
+            self._scanning = True
+            failed = False
+            try:
+                for root in roots:
+                    if self._stop.is_set():
+                        return
+                    self._scan_one(root)
+            except Exception:
+                log.exception("scan failed; retrying in %g s", SCAN_RETRY_S)
+                failed = True
+            finally:
+                self._scanning = False
+            if full or failed:
+                next_full = time.monotonic() + (SCAN_RETRY_S if failed else self.config.rescan_interval)
+            if not self._initial_scan_done and not self._stop.is_set():
+                self._initial_scan_done = True
+                sd_notify("READY=1\nSTATUS=initial scan done")
+                log.info("initial scan done")
+                self._wake.set()
+
+    def _scan_one(self, root: Path) -> None:
+        state = self._roots.get(root)
+        if state is not None and state.unavailable is not None:
+            log.warning("root %s unavailable: skipped (%s)", root, state.unavailable)
+            return
+        with _ScanProgressDisplay(root, initial=not self._initial_scan_done) as show:
+
+            def progress(at: ScanProgress) -> None:
+                show(at)
+                self._nudge_workers()  # the photos queued so far
+
+            result = scan_root(
+                self.db, root, self.config, progress=progress, defer=self._defer, stop=self._stop,
+                expected_mount=state.expected_mount if state is not None else None,
+            )  # fmt: skip
+        self._nudge_workers()
+        if result.unavailable is not None:
+            log.warning("%s", result.summary())
+            if state is not None and state.unavailable is None:
+                state.unavailable = result.unavailable
+        else:
+            log.info("%s", result.summary())
+
+    def _defer(self, path: Path) -> None:
+        self.settler.touch(str(path), "scanned")
+
+    # --- workers
+
+    def _make_workers(self) -> list[Worker]:
+        """Workers with their models loaded (here, in the main thread: a missing model stops the start-up
+        with its own message and exit code)."""
+        from musiq_daemon.api import Scorer
+        from musiq_daemon.daemon.worker import Worker
+        from musiq_daemon.preprocess import ResolutionPolicy
+
+        config = self.config
+        policy = ResolutionPolicy.parse(config.resolution) if config.resolution else None
+        workers = []
+        for _ in range(config.workers):
+            # One scorer per model and worker: an inference engine is not shared between threads.
+            scorers = {
+                model: Scorer(model, config.variant, device=config.device, threads=config.threads,
+                              policy=policy, max_pixels=config.max_pixels)
+                for model in config.models
+            }  # fmt: skip
+            self._device = next(iter(scorers.values())).device
+            workers.append(
+                Worker(self.db, scorers, write_policy=config.write, retries=config.retries,
+                       backoff=config.retry_backoff, poll_interval=WORKER_POLL_S)
+            )  # fmt: skip
+        return workers
+
+    def _start_workers(self, workers: list[Worker]) -> None:
+        for number, worker in enumerate(workers, 1):
+            stop = _WorkerSignal()
+            thread = threading.Thread(
+                target=self._run_worker, args=(worker, stop), name=f"musiqd-worker-{number}", daemon=True
+            )
+            self._workers.append((worker, thread, stop))
+            thread.start()
+        log.info("%d worker%s: %s on %s", len(workers), "s" if len(workers) != 1 else "",
+                 ", ".join(self.config.models), self._device)  # fmt: skip
+
+    def _nudge_workers(self) -> None:
+        for _worker, _thread, signal_ in list(self._workers):  # called from the settler and scan threads
+            signal_.nudge()
+
+    def _run_worker(self, worker: Worker, stop: threading.Event) -> None:
+        try:
+            # Quiet hours are decided here (the main loop sets _paused), so that a reload changes them.
+            worker.run(stop, self._paused.is_set)
+        except Exception:
+            log.exception("worker crashed; stopping")
+            self._stop.set()
+            self._wake.set()
+
+    def _stop_workers(self) -> None:
+        for _worker, _thread, stop in self._workers:
+            stop.set()
+        for worker, thread, _stop in self._workers:
+            thread.join(STOP_GRACE_S)
+            stats = worker.stats()
+            self._retired["done"] += stats.done
+            self._retired["failed"] += stats.failed
+            self._retired["busy_s"] += stats.busy_s
+        self._workers.clear()
+
+    # --- reload
+
+    def _reload(self) -> None:
+        if self._reload_config is None:
+            log.info("SIGHUP: no configuration source to reload")
+            return
+        try:
+            new = self._checked(self._reload_config())
+        except MusiqError as exc:
+            log.error("configuration not reloaded, keeping the running one: %s", exc.message)
+            return
+        old = self.config
+        changed = [f.name for f in dataclasses.fields(new) if getattr(old, f.name) != getattr(new, f.name)]
+        if not changed:
+            log.info("SIGHUP: configuration unchanged")
+            return
+        for name in changed:
+            if name == "database":
+                log.info("config: database changed (applies after a restart)")
+            else:
+                log.info("config: %s: %s -> %s%s", name, _show(getattr(old, name)), _show(getattr(new, name)),
+                         " (applies after a restart)" if name in _RESTART_FIELDS else "")  # fmt: skip
+        self.config = dataclasses.replace(new, **{name: getattr(old, name) for name in _RESTART_FIELDS})
+        self.settler.configure(quiet_period=self.config.quiet_period, max_wait=self.config.max_wait)
+        if any(name in _WORKER_FIELDS for name in changed):
+            try:
+                workers = self._make_workers()
+            except MusiqError as exc:
+                log.error("workers not restarted, the running ones go on: %s", exc.message)
+            else:
+                self._stop_workers()
+                self._start_workers(workers)
+        if any(name in _WATCH_FIELDS for name in changed):
+            self._restart_watchers()
+        write_state(self.db, roots=_roots_json(self.config.roots), models=",".join(self.config.models))
+
+
+class _ScanProgressDisplay:
+    """A progress bar on a terminal; otherwise a log line every few seconds (journald, files)."""
+
+    def __init__(self, root: Path, *, initial: bool) -> None:
+        self._root, self._initial = root, initial
+        self._bar: Any = None
+        self._task: Any = None
+        self._next_log = time.monotonic() + PROGRESS_LOG_S
+
+    def __enter__(self) -> Callable[[ScanProgress], None]:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("scanning {task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+            )  # fmt: skip
+            self._bar.start()
+            self._task = self._bar.add_task(str(self._root), total=None)
+        return self.update
+
+    def update(self, progress: ScanProgress) -> None:
+        if self._bar is not None:
+            # The index's count is the expected total on a rescan; on a first scan it is unknown.
+            total = progress.expected if progress.expected >= progress.files else None
+            self._bar.update(self._task, completed=progress.files, total=total)
+        elif time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + PROGRESS_LOG_S
+            log.info("scanning %s: %d photos so far", self._root, progress.files)
+        if self._initial:
+            # Keeps systemd from timing out a long first scan, and shows where it is.
+            sd_notify(f"EXTEND_TIMEOUT_USEC={START_EXTEND_USEC}\nSTATUS=scanning {self._root}: "
+                      f"{progress.files} photos")  # fmt: skip
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _roots_json(roots: Sequence[Path]) -> str:
+    return json.dumps([encode_path(root) for root in roots])
+
+
+def _roots_text(roots: Sequence[Path]) -> str:
+    return ", ".join(str(root) for root in roots)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _version() -> str:
+    from musiq_daemon import __version__
+
+    return __version__
+
+
+def run_service(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; returns the exit code. ``reload`` gives the
+    configuration anew on SIGHUP (the roots of ``config`` are watched: command-line roots belong in it)."""
+    return Service(config, reload=reload).run()
+
+
+__all__ = [
+    "InstanceLock",
+    "configure_logging",
+    "daemon_running",
+    "lock_path",
+    "read_state",
+    "run_service",
+    "sd_notify",
+    "set_paused",
+    "watchdog_interval",
+    "write_state",
+]
