@@ -192,6 +192,34 @@ def idle(args: argparse.Namespace, work: Path, models: Path) -> dict[str, float]
     }
 
 
+def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
+    rows = []
+    if "backfill" in results:
+        b = results["backfill"]
+        setup = (
+            f"{b['count']:.0f} x 12 MP JPEG, {args.variant}, {args.threads} threads, write {args.write_mode}"
+        )
+        rows += [
+            ("backfill: bare Scorer.score_many", setup, f"{b['bare_per_min']:.1f} photos/min", ""),
+            ("backfill: musiqd watch, after its initial scan", setup, f"{b['daemon_per_min']:.1f} photos/min",
+             ""),
+            ("backfill: musiqd watch, start-up included", setup,
+             f"{b['daemon_end_to_end_per_min']:.1f} photos/min", f"start-up {b['daemon_startup_s']:.1f} s"),
+            ("daemon overhead", "", f"{b['overhead_pct']:+.1f}%", "<= 10%"),
+        ]  # fmt: skip
+    if "idle" in results:
+        i = results["idle"]
+        rows.append((
+            "idle CPU, polled root", f"{i['files']:.0f} files, poll every {i['poll_interval_s']:g} s, "
+            f"{i['window_s']:.0f} s window ({i['cpu_s']:.2f} s CPU)",
+            f"{i['cpu_pct_of_one_core']:.2f}% of one core", "<= 1%",
+        ))  # fmt: skip
+    header = ("measure", "setup", "result", "target")
+    widths = [max(len(str(row[n])) for row in [header, *rows]) for n in range(4)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,22 +242,9 @@ def main() -> None:
     try:
         if not args.skip_backfill:
             results["backfill"] = backfill(args, work, models)
-            b = results["backfill"]
-            print(
-                f"backfill of {b['count']} 12 MP JPEGs ({args.variant}, {args.threads} threads, "
-                f"write {args.write_mode}): bare {b['bare_per_min']:.1f} photos/min, daemon "
-                f"{b['daemon_per_min']:.1f} photos/min after a {b['daemon_startup_s']:.1f} s start "
-                f"({b['daemon_end_to_end_per_min']:.1f} with it): overhead {b['overhead_pct']:+.1f}% "
-                "(target <= 10%)"
-            )
         if not args.skip_idle:
             results["idle"] = idle(args, work, models)
-            i = results["idle"]
-            print(
-                f"idle with {i['files']} files under a polled root (every {i['poll_interval_s']:g} s): "
-                f"{i['cpu_s']:.2f} s CPU in {i['window_s']:.0f} s = {i['cpu_pct_of_one_core']:.2f}% of one "
-                "core (target <= 1%)"
-            )
+        print_table(args, results)
         print(json.dumps(results))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from musiq_daemon.model.config import MusiqConfig
 from musiq_daemon.model.store import install_from_checkpoint
@@ -36,3 +37,28 @@ def models_root(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict
     install_from_checkpoint(tiny_checkpoints["koniq"], "koniq", ["fp32", "dynamic-int8"], root=root)
     install_from_checkpoint(tiny_checkpoints["ava"], "ava", ["fp32"], root=root)
     return root
+
+
+# --- index backends: SQLite always, PostgreSQL when the CI (or a developer) provides a server -------------
+
+PG_URL = os.environ.get("MUSIQD_TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def reset_postgres(url: str) -> None:
+    """An empty database: every table of an earlier test dropped."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty index on each backend (a fresh SQLite file, or the reset PostgreSQL database)."""
+    if request.param == "postgresql":
+        assert PG_URL is not None
+        reset_postgres(PG_URL)
+        return PG_URL
+    return str(tmp_path / "index.sqlite3")

@@ -537,3 +537,22 @@ def test_config_show_command(tmp_path: Path, cli_env: dict[str, str]) -> None:
         result.stderr
         == "musiqd: error: config error: environment variable MUSIQD_THREADS: must be at least 1 (got 0)\n"
     )
+
+
+def test_watch_options_are_checked_like_the_file(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    (tmp_path / "photos").mkdir()
+    path = write(tmp_path / "c.toml", f'roots = ["{tmp_path / "photos"}"]\n')
+    cases = [
+        (["--threads", "0"], "threads: must be at least 1 (got 0)"),
+        (["--write-mode", "xmp"], 'write.mode: unknown value "xmp"'),
+        (["--model", "koniq", "--model", "nope"], 'models: unknown model "nope"'),
+        (["--quiet-hours", "25:00-06:00"], "quiet_hours:"),
+        (["--poll-interval", "0"], "poll_interval: must be a finite number of seconds greater than 0"),
+    ]
+    for options, problem in cases:
+        result = musiqd(["watch", "--config", str(path), *options], cli_env, tmp_path)
+        assert result.returncode == 2, (options, result.stderr)
+        assert result.stderr.startswith(f"musiqd: error: config error: command line: {problem}"), (
+            result.stderr
+        )
+        assert result.stderr.count("\n") == 1

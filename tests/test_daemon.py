@@ -97,10 +97,10 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self._db: IndexDB | None = None
 
-    def start(self, *, wait_ready: bool = True) -> Daemon:
+    def start(self, *options: str, wait_ready: bool = True) -> Daemon:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "musiq_daemon", "watch", "--config", str(self.config)],
+                [sys.executable, "-m", "musiq_daemon", "watch", "--config", str(self.config), *options],
                 stdout=subprocess.DEVNULL, stderr=log, env=self.env, cwd=self.workdir,
             )  # fmt: skip
         if wait_ready:
@@ -520,7 +520,8 @@ def test_systemd_notify_journal_single_instance_and_sigterm(
         "WATCHDOG_USEC": "1000000",
         "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}",
     }
-    d = spawn(tmp_path, config, run_env).start(wait_ready=False)
+    # Command-line options override the file: the scores go into sidecars (embedded by default).
+    d = spawn(tmp_path, config, run_env).start("--write-mode", "sidecar", "--threads", "2", wait_ready=False)
     messages: list[str] = []
     while not any("READY=1" in m for m in messages):
         messages.append(notify.recv(4096).decode())
@@ -549,6 +550,8 @@ def test_systemd_notify_journal_single_instance_and_sigterm(
     for i in range(30):
         (root / f"busy-{i}.jpg").write_bytes(photo_bytes(900 + i))
     wait_state(d.db, [root / "busy-0.jpg"])
+    assert (root / "busy-0.xmp").is_file()
+    assert (root / "busy-0.jpg").read_bytes() == photo_bytes(900)
     code, seconds = d.stop()
     assert code == 0 and seconds < 5.0, (code, seconds, d.logs()[-2000:])
     assert "INFO stopped" in d.logs()

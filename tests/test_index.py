@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, text
 
 from musiq_daemon.api import ScoreRecord
 from musiq_daemon.errors import IndexDatabaseError, UsageError
@@ -28,8 +27,6 @@ from musiq_daemon.index.models import Base, Job
 from musiq_daemon.index.paths import decode_path, encode_path
 from musiq_daemon.index.records import record_score, upsert_photo
 
-PG_URL = os.environ.get("MUSIQD_TEST_DATABASE_URL")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 ODD = os.fsdecode(b"odd \xff\xfe name %41.jpg")  # not valid UTF-8, and a literal %
 
 
@@ -43,23 +40,6 @@ def make_record(model: str, score: float, version: str = "abcdef012345") -> Scor
         format="JPEG", orientation_applied=True, scored_at=datetime.now(UTC).isoformat(),
         timings={"decode": 0.01, "preprocess": 0.01, "inference": 0.1},
     )  # fmt: skip
-
-
-def _reset_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        assert PG_URL is not None
-        _reset_postgres(PG_URL)
-        return PG_URL
-    return str(tmp_path / "index.sqlite3")
 
 
 @pytest.fixture

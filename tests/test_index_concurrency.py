@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import BACKENDS, PG_URL, reset_postgres
 
 from musiq_daemon.index import ScoreQuery, open_index, run_query, stats
 
@@ -44,15 +44,12 @@ print(n)
 """
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite"] + (["postgresql"] if os.environ.get("MUSIQD_TEST_DATABASE_URL") else [])
-)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_queries_while_a_writer_writes(tmp_path: Path, backend: str) -> None:
     if backend == "postgresql":
-        from test_index import _reset_postgres
-
-        url = os.environ["MUSIQD_TEST_DATABASE_URL"]
-        _reset_postgres(url)
+        assert PG_URL is not None
+        url = PG_URL
+        reset_postgres(url)
     else:
         url = str(tmp_path / "index.sqlite3")
     root = tmp_path / "photos"

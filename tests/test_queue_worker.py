@@ -18,7 +18,7 @@ from typing import Any
 import exiv2
 import imagegen
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from musiq_daemon.api import Scorer
 from musiq_daemon.daemon import queue
@@ -37,26 +37,7 @@ from musiq_daemon.metadata.content_hash import content_hash_file
 from musiq_daemon.metadata.safefile import FileSignature
 from musiq_daemon.metadata.writer import WritePolicy
 
-PG_URL = os.environ.get("MUSIQD_TEST_DATABASE_URL")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _reset_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        assert PG_URL is not None
-        _reset_postgres(PG_URL)
-        return PG_URL
-    return str(tmp_path / "index.sqlite3")
 
 
 @pytest.fixture

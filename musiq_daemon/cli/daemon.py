@@ -44,18 +44,38 @@ def _open(config: Config) -> IndexDB:
 def watch(
     roots: list[Path] = typer.Argument(None, help="Folders to watch (default: roots in the configuration)."),
     config: Path | None = _CONFIG_OPTION,
-    observer: str = typer.Option(None, "--observer", help="auto (default), native or poll."),
     database: str = _DB_OPTION,
+    models: list[str] = typer.Option(None, "--model", "-m", help="Model ID; repeat for several."),
+    variant: str = typer.Option(None, "--variant", help="Model variant (fp32, fp16, dynamic-int8)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or gpu."),
+    threads: int = typer.Option(None, "--threads", help="Inference threads per worker."),
+    workers: int = typer.Option(None, "--workers", help="Photos scored at the same time."),
+    resolution: str = typer.Option(None, "--resolution", help='"max_side=N" or "full".'),
+    write_mode: str = typer.Option(None, "--write-mode", help="embed, sidecar or index-only."),
+    observer: str = typer.Option(None, "--observer", help="auto, native or poll."),
+    poll_interval: float = typer.Option(None, "--poll-interval", help="Seconds between polls."),
+    quiet_period: float = typer.Option(
+        None, "--quiet-period", help="Seconds a new file must stay unchanged."
+    ),
+    quiet_hours: str = typer.Option(None, "--quiet-hours", help='No scoring in these hours: "22:00-06:00".'),
+    rescan_interval: float = typer.Option(None, "--rescan-interval", help="Seconds between full rescans."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every file decision (debug)."),
 ) -> None:
     """Run the daemon in the foreground: scan the roots, watch them, score new photos.
 
-    Logs go to stderr (journald-friendly under systemd). Stop with SIGTERM or Ctrl-C; SIGHUP reloads the
-    configuration. One daemon per index database (exit code 13 for a second one).
+    Settings come from the configuration file and the environment; these options override both (see
+    `musiqd config show`). Logs go to stderr (journald-friendly under systemd). Stop with SIGTERM or
+    Ctrl-C; SIGHUP reloads the configuration (options given here stay). One daemon per index database
+    (exit code 13 for a second one).
     """
     from musiq_daemon.daemon.service import configure_logging, run_service
 
-    overrides: dict[str, object] = {"observer": observer, "database": database}
+    overrides: dict[str, object] = {
+        "database": database, "models": models or None, "variant": variant, "device": device,
+        "threads": threads, "workers": workers, "resolution": resolution, "write.mode": write_mode,
+        "observer": observer, "poll_interval": poll_interval, "quiet_period": quiet_period,
+        "quiet_hours": quiet_hours, "rescan_interval": rescan_interval,
+    }  # fmt: skip
     if roots:
         overrides["roots"] = roots
     loaded = _load(config, overrides)
