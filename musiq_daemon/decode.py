@@ -38,10 +38,12 @@ Memory: a NAS has 2-4 GB, so pixels are decoded once; a rotation makes one more 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import stat
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -787,13 +789,29 @@ def _raw_preview(raw: rawpy.RawPy, min_long_side: int, request: _Request) -> tup
     return None
 
 
-def _decode_raw(source: Path | bytes, fmt: str, request: _Request) -> DecodedImage:
+@contextlib.contextmanager
+def open_raw(source: Path | bytes, request: _Request, fmt: str) -> Iterator[rawpy.RawPy]:
+    """A LibRaw handle on a camera RAW file, closed afterwards; LibRaw's and the file system's errors,
+    also those raised while it is used, become one-line :class:`DecodeError`s."""
     raw = rawpy.RawPy()
     try:
         if isinstance(source, Path):
             raw.open_file(str(source))
         else:
             raw.open_buffer(io.BytesIO(source))
+        yield raw
+    except DecodeError:
+        raise
+    except (rawpy.LibRawError, MemoryError) as exc:
+        raise _raw_error(exc, request, fmt) from None
+    except OSError as exc:
+        raise _os_error(exc, request.label) from None
+    finally:
+        raw.close()
+
+
+def _decode_raw(source: Path | bytes, fmt: str, request: _Request) -> DecodedImage:
+    with open_raw(source, request, fmt) as raw:
         sizes = raw.sizes
         width, height = sizes.width, sizes.height
         _check_pixels(width, height, request)
@@ -805,14 +823,6 @@ def _decode_raw(source: Path | bytes, fmt: str, request: _Request) -> DecodedIma
             half = wanted is None or max(width, height) // 2 >= wanted
             pixels = raw.postprocess(half_size=half, use_camera_wb=True, output_bps=8, user_flip=0)
             found = pixels, "raw-half-demosaic" if half else "raw-demosaic"
-    except DecodeError:
-        raise
-    except (rawpy.LibRawError, MemoryError) as exc:
-        raise _raw_error(exc, request, fmt) from None
-    except OSError as exc:
-        raise _os_error(exc, request.label) from None
-    finally:
-        raw.close()
     pixels, source_label = found
     applied = request.apply_orientation and orientation != 1
     return DecodedImage(

@@ -303,8 +303,7 @@ def test_observer_in_use(daemon: Daemon) -> None:
 
 def test_burst_scored_exactly_once(daemon: Daemon) -> None:
     target = folder(daemon, "burst")
-    # 300 under inotify; fewer under polling, whose path is the same past the observer (test time).
-    paths = [target / f"IMG_{i:04d}.jpg" for i in range(300 if daemon.mode == "native" else 100)]
+    paths = [target / f"IMG_{i:04d}.jpg" for i in range(300)]
     for i, path in enumerate(paths):
         path.write_bytes(photo_bytes(1000 + i, 96, 64))
     wait_state(daemon.db, paths, timeout=240)

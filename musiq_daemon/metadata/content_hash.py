@@ -39,7 +39,6 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import struct
 from collections.abc import Callable, Sequence
@@ -55,10 +54,10 @@ from musiq_daemon.decode import (
     _display,
     _one_line,
     _os_error,
-    _raw_error,
     _read_head,
     _Request,
     decode_image,
+    open_raw,
     sniff_format,
 )
 from musiq_daemon.errors import DecodeError
@@ -354,30 +353,20 @@ def _tiff_parts(raw: bytes, label: str) -> list[memoryview | bytes] | None:
 
 
 def _raw_hash(source: Path | bytes, fmt: str, label: str) -> str:
-    raw = rawpy.RawPy()
-    try:
-        if isinstance(source, Path):
-            raw.open_file(str(source))
-        else:
-            raw.open_buffer(io.BytesIO(source))
-        sizes = raw.sizes
-        if sizes.raw_width * sizes.raw_height > DEFAULT_MAX_PIXELS:
-            raise DecodeError(
-                f"{label}: RAW image is {sizes.raw_width}x{sizes.raw_height}, more than musiqd decodes"
-            )
-        values = np.ascontiguousarray(raw.raw_image)  # unpacks (and decompresses) the sensor data
-        digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
-        digest.update(values.data.cast("B"))
-    except DecodeError:
-        raise
-    except (rawpy.LibRawError, MemoryError) as exc:
-        raise _raw_error(exc, _Request(label, None, False, DEFAULT_MAX_PIXELS), fmt) from None
-    except OSError as exc:
-        raise _os_error(exc, label) from None
-    except Exception as exc:  # rawpy raises assorted types for images without a sensor mosaic
-        raise DecodeError(f"{label}: cannot read the RAW sensor data: {_one_line(exc)}") from None
-    finally:
-        raw.close()
+    with open_raw(source, _Request(label, None, False, DEFAULT_MAX_PIXELS), fmt) as raw:
+        try:
+            sizes = raw.sizes
+            if sizes.raw_width * sizes.raw_height > DEFAULT_MAX_PIXELS:
+                raise DecodeError(
+                    f"{label}: RAW image is {sizes.raw_width}x{sizes.raw_height}, more than musiqd decodes"
+                )
+            values = np.ascontiguousarray(raw.raw_image)  # unpacks (and decompresses) the sensor data
+            digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
+            digest.update(values.data.cast("B"))
+        except (DecodeError, rawpy.LibRawError, MemoryError, OSError):
+            raise  # open_raw words them
+        except Exception as exc:  # rawpy raises assorted types for images without a sensor mosaic
+            raise DecodeError(f"{label}: cannot read the RAW sensor data: {_one_line(exc)}") from None
     return f"raw-sensor:sha256:{digest.hexdigest()}"
 
 
