@@ -9,6 +9,7 @@ the photo's modification time equal to that write's (nothing wrote it again).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -592,6 +593,128 @@ def test_kill_9_during_backfill_then_restart(spawn: Callable[..., Daemon], tmp_p
     assert not [p for p in root.iterdir() if p.name.startswith(".musiqd-tmp-")]
     code, _ = d.stop()
     assert code == 0
+
+
+def _mount_bind(source: Path, target: Path) -> bool:
+    return subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True).returncode == 0
+
+
+def _umount(target: Path) -> None:
+    subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+
+
+def _can_mount(tmp_path: Path) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    probe_source, probe_target = tmp_path / "probe-source", tmp_path / "probe-target"
+    probe_source.mkdir()
+    probe_target.mkdir()
+    if not _mount_bind(probe_source, probe_target):
+        return False
+    _umount(probe_target)
+    return True
+
+
+@pytest.mark.parametrize("observer", ["native", "poll"])
+def test_really_unmounted_share(spawn: Callable[..., Daemon], tmp_path: Path, observer: str) -> None:
+    """A root that is a mount point (here a bind mount, as an NFS/SMB share would be) is unmounted and
+    mounted again under the running daemon: reported, nothing marked missing, nothing scored again."""
+    if not _can_mount(tmp_path):
+        pytest.skip("mounting needs root and a mount namespace that allows it")
+    store, root = tmp_path / "nas-volume", tmp_path / "mnt" / "photo"
+    store.mkdir()
+    root.mkdir(parents=True)
+    paths = [root / "2024" / f"{i}.jpg" for i in range(3)]
+    (store / "2024").mkdir()
+    for i, path in enumerate(paths):
+        (store / path.relative_to(root)).write_bytes(photo_bytes(1200 + i))
+    assert _mount_bind(store, root)
+    try:
+        config = write_config(tmp_path / "config.toml", [root], tmp_path / "index.sqlite3", observer=observer)
+        d = spawn(tmp_path, config).start()
+        before = wait_state(d.db, paths)
+        time.sleep(SETTLE)
+        _umount(root)
+        assert not any(root.iterdir())
+        d.wait_log(f"root {root} unavailable")
+        assert f"the share mounted at {root} is not mounted" in d.logs() or "is empty" in d.logs()
+        time.sleep(SETTLE + 1)
+        assert [view(d.db, p) for p in paths] == before  # nothing marked missing
+        status: dict[str, object] = {}
+
+        def status_names_the_root() -> bool:
+            status.update(json.loads(d.cli("status", "--json").stdout))
+            return f"root {root}: " in str(status["message"])
+
+        wait_until(status_names_the_root, "status naming the unavailable root", timeout=30)
+        assert status["running"] is True
+        assert _mount_bind(store, root)
+        d.wait_log(f"root {root} is available again", timeout=60)
+        time.sleep(SETTLE)
+        assert [view(d.db, p) for p in paths] == before  # and nothing scored again
+        code, _ = d.stop()
+        assert code == 0
+    finally:
+        _umount(root)
+
+
+def test_inotify_instance_limit_falls_back_to_polling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel's limit on inotify instances, reached for real: the root is polled, and the log says how
+    to raise the limit."""
+    import ctypes
+    import errno
+    import resource
+
+    from musiq_daemon.daemon.scan import PathFilter
+    from musiq_daemon.daemon.watch import INOTIFY_LIMIT_MESSAGE, RootWatcher, Settler
+
+    try:
+        limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        pytest.skip("no /proc/sys/fs/inotify/max_user_instances")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit > 4096 or (hard != resource.RLIM_INFINITY and hard < limit + 256):
+        pytest.skip(f"max_user_instances is {limit}: too many descriptors to exhaust it here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, limit + 256), hard))
+    libc = ctypes.CDLL(None, use_errno=True)
+    held: list[int] = []
+    found: list[tuple[Path, str | None]] = []
+    settler = Settler(lambda p, h: found.append((p, h)), lambda f, d: None, lambda p, i: False,
+                      quiet_period=0.2, max_wait=5.0)  # fmt: skip
+    settler.start()
+    root = tmp_path / "photos"
+    root.mkdir()
+    watcher = None
+    try:
+        while len(held) <= limit:
+            fd = libc.inotify_init1(os.O_CLOEXEC)
+            if fd < 0:
+                assert ctypes.get_errno() == errno.EMFILE, os.strerror(ctypes.get_errno())
+                break
+            held.append(fd)
+        else:
+            pytest.skip("the inotify instance limit was not reached")
+        with caplog.at_level(logging.WARNING, logger="musiqd.watch"):
+            watcher = RootWatcher.start(
+                root, setting="native", poll_interval=0.2, path_filter=PathFilter.of(Config(roots=(root,))),
+                settler=settler,
+            )  # fmt: skip
+        assert (watcher.mode, watcher.reason) == ("poll", "inotify limit reached")
+        assert [r.getMessage() for r in caplog.records] == [f"{root}: {INOTIFY_LIMIT_MESSAGE}"]
+    finally:
+        for fd in held:
+            os.close(fd)
+    try:
+        (root / "new.jpg").write_bytes(photo_bytes(1300))  # the polling observer sees it
+        wait_until(lambda: bool(found), "the new photo, through polling", timeout=30)
+        assert found[0][0] == root / "new.jpg" and found[0][1] is not None
+    finally:
+        watcher.stop()
+        watcher.join(5)
+        settler.stop()
+        settler.join(5)
 
 
 # --- the parts, in process ---------------------------------------------------------------------------------

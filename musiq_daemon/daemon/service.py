@@ -556,10 +556,14 @@ class Service:
         if cleanup:
             for temp in cleanup_stale_temps(state.root, recursive=True):
                 log.info("removed a stale temporary file: %s", temp)
-        if state.watcher is not None and state.watcher.alive():
-            return
+        # A root that comes back gets a new watcher even when the old one still runs: that one watched the
+        # filesystem that went away (inotify), or kept the last state it saw (polling). Then a rescan
+        # catches up with what changed meanwhile.
+        dead = state.watcher is None or not state.watcher.alive()
         if back:
             log.info("root %s is available again", state.root)
+        elif not dead:
+            return
         elif state.watcher is not None:
             log.warning("the watcher of %s stopped; restarting it", state.root)
         self._start_watcher(state)
