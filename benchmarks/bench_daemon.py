@@ -4,7 +4,7 @@
    with inference, no index, no writes), then by ``musiqd watch`` end to end (scan, queue, decode, infer,
    write the score into each photo, record everything). Reports photos per minute for both and the
    daemon's overhead, measured from the end of its initial scan (start-up, i.e. loading the model, is
-   reported separately). Target (issue 5): overhead <= 10%.
+   reported separately), and the daemon's peak resident memory. Target (issue 5): overhead <= 10%.
 2. Idle: --idle-files small photos under a root watched with observer = poll, the library fully scored (the
    backfill's jobs are marked done directly, as after a finished backfill), then the daemon's CPU time
    (utime + stime from /proc/<pid>/stat) over --idle-seconds, after the initial scan. By default the
@@ -92,6 +92,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), what systemd's MemoryMax= has to allow."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def backfill(args: argparse.Namespace, work: Path, models: Path) -> dict[str, float]:
     root = work / "photos"
     root.mkdir()
@@ -130,6 +138,7 @@ def backfill(args: argparse.Namespace, work: Path, models: Path) -> dict[str, fl
                 sys.exit(f"the daemon exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
         finished = time.monotonic()
+        peak_mb = peak_rss_mb(proc.pid)
     finally:
         stop(proc)
     if counts[1]:
@@ -142,6 +151,7 @@ def backfill(args: argparse.Namespace, work: Path, models: Path) -> dict[str, fl
         "daemon_startup_s": ready - launched,
         "daemon_end_to_end_per_min": args.count / (finished - launched) * 60,
         "overhead_pct": (daemon_s / bare_s - 1) * 100,
+        "daemon_peak_rss_mb": peak_mb,
     }
 
 
@@ -206,6 +216,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
             ("backfill: musiqd watch, start-up included", setup,
              f"{b['daemon_end_to_end_per_min']:.1f} photos/min", f"start-up {b['daemon_startup_s']:.1f} s"),
             ("daemon overhead", "", f"{b['overhead_pct']:+.1f}%", "<= 10%"),
+            ("daemon peak memory (VmHWM)", setup, f"{b['daemon_peak_rss_mb']:.0f} MB", "< MemoryMax 1500 MB"),
         ]  # fmt: skip
     if "idle" in results:
         i = results["idle"]
