@@ -495,8 +495,7 @@ def test_moved_photo_keeps_its_score(db: IndexDB, tmp_path: Path, scorers: dict[
     root = tmp_path / "Photos"
     old_id, other_id = add_photos(db, root, ["2023/a.jpg", "2023/b.jpg"], image=True)
     worker = make_worker(db, scorers)
-    while worker.run_once() is not None:
-        pass
+    list(iter(worker.run_once, None))  # every due job
     # Renamed into another folder (the mtime is kept), seen by the watcher as a new file.
     moved_path, duplicate = root / "best" / "a-renamed.jpg", root / "copy-of-b.jpg"
     moved_path.parent.mkdir()

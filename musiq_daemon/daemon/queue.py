@@ -146,6 +146,18 @@ def _count(result: Result[Any]) -> int:
     return result.rowcount
 
 
+def _update_running(session: Session, job_id: int, **values: Any) -> bool:
+    """Set ``values`` on the job if it is running (a job another process finished or requeued meanwhile
+    is left alone); True when it was."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return _count(result) > 0
+
+
 def _one_line(error: str) -> str:
     text = " ".join(error.split())
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
@@ -289,18 +301,10 @@ def complete(
     False when the job was not running (nothing changed)."""
     moment = now or utc_now()
     with _transaction(target) as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == "running")
-            .values(
-                state="done",
-                last_error=_one_line(note) if note else None,
-                next_attempt_at=None,
-                updated_at=moment,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        return _count(result) > 0
+        return _update_running(
+            session, job_id, state="done", last_error=_one_line(note) if note else None, next_attempt_at=None,
+            updated_at=moment,
+        )  # fmt: skip
 
 
 def fail(
@@ -328,12 +332,7 @@ def fail(
             values |= {"state": "pending", "next_attempt_at": moment + timedelta(seconds=delay)}
         else:
             values |= {"state": "failed", "next_attempt_at": None}
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == "running")
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+        _update_running(session, job_id, **values)
         return "pending" if retry else "failed"
 
 
@@ -344,18 +343,10 @@ def release(
     (a deliberate stop, or a file that is still being written). False when it was not running."""
     moment = now or utc_now()
     with _transaction(target) as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == "running")
-            .values(
-                state="pending",
-                attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
-                next_attempt_at=moment + timedelta(seconds=delay) if delay > 0 else None,
-                updated_at=moment,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        return _count(result) > 0
+        return _update_running(
+            session, job_id, state="pending", attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+            next_attempt_at=moment + timedelta(seconds=delay) if delay > 0 else None, updated_at=moment,
+        )  # fmt: skip
 
 
 def postpone_root(target: IndexDB | Session, root: Path, *, delay: float, now: datetime | None = None) -> int:
