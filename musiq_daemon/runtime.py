@@ -18,6 +18,7 @@ import contextlib
 import ctypes.util
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,22 +59,31 @@ class Backend(Protocol):
         ...
 
 
+#: Held while file descriptor 2 points elsewhere. Native code writes to the descriptor, not to
+#: ``sys.stderr``, so the redirection is process-wide: two threads redirecting at once would each save the
+#: other's /dev/null and one would "restore" it for good (every later log line lost), and a log line written
+#: meanwhile would vanish. Redirections therefore take turns, and the daemon's log handler takes this lock
+#: too, so its lines wait out a redirection instead of going to /dev/null.
+STDERR_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _quiet_stderr() -> Iterator[None]:
     """Silence native log spam (LiteRT prints dozens of lines on CompiledModel creation)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 class CpuBackend:

@@ -95,3 +95,51 @@ def test_engine_rejects_malformed_tokens(models_root: Path) -> None:
         engine.run(np.zeros((0, TOKEN_DIM), np.float32))
     with pytest.raises(ValueError):
         engine.run(np.zeros((4, 10), np.float32))
+
+
+QUIET_STDERR_RACE = r"""
+import logging, os, sys, threading, time
+from musiq_daemon.daemon.service import configure_logging
+from musiq_daemon.runtime import _quiet_stderr
+
+configure_logging()
+log = logging.getLogger("musiqd.race")
+stop = threading.Event()
+
+def silence():
+    while not stop.is_set():
+        with _quiet_stderr():
+            os.write(2, b"native noise\n")
+            time.sleep(0.0005)
+
+def talk(name):
+    for i in range(200):
+        log.info("%s %d", name, i)
+
+silencers = [threading.Thread(target=silence) for _ in range(3)]
+talkers = [threading.Thread(target=talk, args=(f"t{n}",)) for n in range(2)]
+for t in silencers + talkers:
+    t.start()
+for t in talkers:
+    t.join()
+stop.set()
+for t in silencers:
+    t.join()
+log.info("still here")
+"""
+
+
+def test_silencing_native_stderr_from_several_threads_loses_no_log_line(tmp_path: Path) -> None:
+    """Workers silence the runtime's native messages (file descriptor 2) while other threads log: every log
+    line arrives, no native message does, and descriptor 2 is the log file again afterwards."""
+    import subprocess
+    import sys
+
+    log_file = tmp_path / "stderr.log"
+    with log_file.open("wb") as err:
+        subprocess.run([sys.executable, "-c", QUIET_STDERR_RACE], stderr=err, check=True, timeout=120)
+    lines = log_file.read_text().splitlines()
+    assert "native noise" not in lines
+    for name in ("t0", "t1"):
+        assert sum(line.endswith(tuple(f" {name} {i}" for i in range(200))) for line in lines) == 200
+    assert lines[-1].endswith("INFO still here")

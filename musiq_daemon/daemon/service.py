@@ -63,6 +63,7 @@ from musiq_daemon.index.paths import encode_path
 from musiq_daemon.index.records import now
 from musiq_daemon.metadata.safefile import cleanup_stale_temps
 from musiq_daemon.paths import data_dir
+from musiq_daemon.runtime import STDERR_LOCK
 
 if TYPE_CHECKING:
     from musiq_daemon.config import Config
@@ -107,11 +108,13 @@ class _JournalFormatter(logging.Formatter):
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is now, so that log lines go above a running progress bar."""
+    """Writes to whatever ``sys.stderr`` is now, so that log lines go above a running progress bar, and
+    never while the inference runtime has silenced file descriptor 2 (``runtime.STDERR_LOCK``)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
-        super().emit(record)
+        with STDERR_LOCK:
+            self.setStream(sys.stderr)
+            super().emit(record)
 
 
 def under_journal(env: Mapping[str, str] = os.environ) -> bool:
