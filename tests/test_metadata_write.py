@@ -60,6 +60,7 @@ OUR_STARS = {
     "IFD0:RatingPercent",
     "ExifTool:Warning",
 }
+EXIF_MIRRORS = {"IFD0:Rating", "IFD0:RatingPercent"}
 MS_URI_NOTE = "[minor] Fixed incorrect URI for xmlns:MicrosoftPhoto"
 # PNG and WebP keep EXIF in a chunk that the writer always re-encodes, little-endian.
 REENCODED_EXIF = {"png": {"File:ExifByteOrder"}, "webp": {"File:ExifByteOrder"}}
@@ -97,6 +98,9 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         kwargs: dict[str, Any] = {"quality": 90} if ext in ("jpg", "webp") else {}
         out[ext] = imagegen.make_photo(root / f"rated.{ext}", 640, 427, **kwargs)
         out[f"unrated-{ext}"] = imagegen.make_photo(root / f"unrated.{ext}", 640, 427, rating=None, **kwargs)
+    # Unrated with rating entries of 0 in EXIF and XMP (as some cameras and Windows leave them): the EXIF
+    # mirrors can be patched in place.
+    out["zero-jpg"] = imagegen.make_photo(root / "zero.jpg", 640, 427, rating=0, quality=90)
     out["digikam"] = imagegen.make_photo(
         root / "digikam.jpg",
         320,
@@ -171,7 +175,9 @@ def test_embedded_write_changes_only_owned_fields(
     allowed = ALWAYS_DIFFERENT | MOVED | OUR_KEYWORDS | REENCODED_EXIF.get(ext, set())
     ours_fields = {k for k in after[1] if k.startswith("XMP-musiqd:")}
     assert differing(before[0], after[0]) - allowed == {k for k in after[0] if k.startswith("XMP-musiqd:")}
-    assert differing(before[1], after[1]) - allowed == ours_fields | OUR_STARS
+    # EXIF is never re-serialised: rating mirrors are patched where they exist, never added.
+    assert differing(before[1], after[1]) - allowed == ours_fields | OUR_STARS - EXIF_MIRRORS
+    assert "IFD0:Rating" not in after[1]
     assert after[1]["ExifTool:Warning"] == MS_URI_NOTE and "ExifTool:Warning" not in before[1]
     for result, path, digest in zip(results, (rated, unrated), hashes_before, strict=True):
         assert result.target == "embedded" and result.changed and result.path == path
@@ -188,7 +194,7 @@ def test_embedded_write_changes_only_owned_fields(
     assert back[1]["XMP-xmp:Rating"] == "4" and back[1]["XMP-musiqd:RatingWritten"] == "4"
     assert back[1]["XMP-musiqd:RatingModel"] == "koniq"
     assert back[1]["XMP-microsoft:RatingPercent"] == "75"
-    assert back[1]["IFD0:Rating"] == "4" and back[1]["IFD0:RatingPercent"] == "75"
+    assert "IFD0:Rating" not in back[1] and "IFD0:RatingPercent" not in back[1]
     for item, digest in zip(back, hashes_before, strict=True):
         assert item["XMP-musiqd:Koniq"] == expected_struct("koniq", "3.500", "62.500", digest)
         assert item["XMP-dc:Subject"] == [*USER_KEYWORDS, "musiq-koniq-4"]
@@ -223,7 +229,7 @@ def test_a_new_model_version_rewrites(originals: dict[str, Path], tmp_path: Path
 
 
 def test_user_changed_stars_are_never_overwritten(originals: dict[str, Path], tmp_path: Path) -> None:
-    photo = copy(originals, "unrated-jpg", tmp_path)
+    photo = copy(originals, "zero-jpg", tmp_path)
     assert write_score(photo, record(score=3.5), WritePolicy()).rating_written == 4
     exiftool("-q", "-overwrite_original", "-XMP-xmp:Rating=5", photo)  # as Lightroom saves a change
 
@@ -239,7 +245,7 @@ def test_user_changed_stars_are_never_overwritten(originals: dict[str, Path], tm
 
 
 def test_rescore_moves_our_stars_and_bucket(originals: dict[str, Path], tmp_path: Path) -> None:
-    photo = copy(originals, "unrated-jpg", tmp_path)
+    photo = copy(originals, "zero-jpg", tmp_path)
     write_score(photo, record(score=3.5), WritePolicy())
     exiftool(
         "-q", "-overwrite_original", "-XMP-dc:Subject+=sunset", "-XMP-lr:HierarchicalSubject+=sunset", photo
@@ -354,10 +360,20 @@ def test_unsupported_file_is_refused(name: str, tmp_path: Path) -> None:
 
 
 def test_unparseable_xmp_is_not_overwritten(originals: dict[str, Path], tmp_path: Path) -> None:
+    """XMP that is not even XML: the photo stays byte-identical, the score goes to a sidecar, one line
+    says so, and the owner's stars in the broken packet still count (no stars in the sidecar)."""
     photo = tmp_path / "badxmp.jpg"
     photo.write_bytes(originals["jpg"].read_bytes().replace(b"</rdf:Bag>", b"</rdf:Bog>", 1))
-    message = assert_refused(photo, DecodeError, lambda: write_score(photo, record(), WritePolicy()))
-    assert "XMP" in message
+    content, signature = photo.read_bytes(), FileSignature.of(photo)
+
+    result = write_score(photo, record(), WritePolicy())
+
+    assert photo.read_bytes() == content and FileSignature.of(photo) == signature
+    assert result.target == "sidecar" and result.path == tmp_path / "badxmp.jpg.xmp"
+    assert len(result.notes) == 1 and "not well-formed" in result.notes[0] and "badxmp.jpg.xmp" in result.notes[0]
+    assert result.rating_written is None  # the photo's EXIF holds the owner's 2 stars
+    back = dump(result.path, args=("-XMP-xmp:Rating", "-XMP-musiqd:KoniqScore"))[0]
+    assert "Rating" not in back and back["KoniqScore"] == "3.500"
 
 
 def test_read_only_directory_is_refused(originals: dict[str, Path], tmp_path: Path) -> None:
@@ -419,13 +435,13 @@ def test_a_change_by_another_program_wins(
     originals: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     photo = copy(originals, "jpg", tmp_path)
-    verify = writer._verify
+    verify = writer._verify_spliced
 
     def save_meanwhile(*args: Any) -> None:
         verify(*args)
         exiftool("-q", "-overwrite_original_in_place", "-XMP-dc:Subject+=edited elsewhere", photo)
 
-    monkeypatch.setattr(writer, "_verify", save_meanwhile)
+    monkeypatch.setattr(writer, "_verify_spliced", save_meanwhile)
     with pytest.raises(FileChangedError):
         write_score(photo, record(), WritePolicy())
     assert "edited elsewhere" in dump(photo, args=("-XMP-dc:Subject",))[0]["Subject"]

@@ -52,12 +52,13 @@ def test_raw_gets_a_new_sidecar_and_stays_untouched(raw_bytes: bytes, tmp_path: 
 
     result = write_score(raw, record(score=3.5), WritePolicy())
 
-    sidecar = tmp_path / "IMG_1234.xmp"
+    # The default name is the one darktable and digiKam read and re-read.
+    sidecar = tmp_path / "IMG_1234.CR2.xmp"
     assert (result.target, result.path, result.changed) == ("sidecar", sidecar, True)
     assert result.rating_written == 4
     assert result.signature == FileSignature.of(sidecar)
     assert untouched(raw) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_1234.CR2", "IMG_1234.xmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_1234.CR2", "IMG_1234.CR2.xmp"]
     digest = content_hash(raw_bytes, path=raw)
     back = ours_read_back(sidecar)[0]
     assert back["XMP-musiqd:Koniq"] == expected_struct("koniq", "3.500", "62.500", digest)
@@ -149,7 +150,7 @@ def test_raw_plus_jpeg_pair_does_not_share_a_sidecar(
     raw.write_bytes(raw_bytes)
     shutil.copy2(jpeg_photo, jpeg)
     before = untouched(raw, jpeg)
-    policy = WritePolicy(mode="sidecar")
+    policy = WritePolicy(mode="sidecar", sidecar_naming="replace")
 
     from_jpeg = write_score(jpeg, record(score=3.1), policy)
     from_raw = write_score(raw, record(score=3.9), policy)
@@ -168,7 +169,7 @@ def test_heic_always_gets_a_sidecar(tmp_path: Path) -> None:
     photo = imagegen.make_heic(tmp_path / "IMG_5678.HEIC", 320, 240)
     before = untouched(photo)
     result = write_score(photo, record(), WritePolicy())  # embedding is the default mode
-    assert result.target == "sidecar" and result.path == tmp_path / "IMG_5678.xmp"
+    assert result.target == "sidecar" and result.path == tmp_path / "IMG_5678.HEIC.xmp"
     assert untouched(photo) == before
     assert ours_read_back(result.path)[0]["XMP-musiqd:Koniq"]["ContentHash"] == result.content_hash
 
@@ -178,7 +179,7 @@ def test_sidecar_mode_never_touches_the_original(jpeg_photo: Path, tmp_path: Pat
     shutil.copy2(jpeg_photo, photo)
     before = untouched(photo)
     result = write_score(photo, record(), WritePolicy(mode="sidecar"))
-    assert result.target == "sidecar" and result.path == tmp_path / "IMG_0001.xmp"
+    assert result.target == "sidecar" and result.path == tmp_path / "IMG_0001.jpg.xmp"
     assert untouched(photo) == before
     assert "XMP-musiqd:Koniq" not in ours_read_back(photo)[0]
 
@@ -188,7 +189,7 @@ def test_an_in_camera_rating_is_the_users(raw_bytes: bytes, tmp_path: Path) -> N
     raw.write_bytes(raw_bytes)
     exiftool("-q", "-overwrite_original", "-XMP-xmp:Rating=3", raw)  # cameras store their rating like this
     result = write_score(raw, record(score=3.5), WritePolicy())
-    back = ours_read_back(tmp_path / "IMG_1234.xmp")[0]
+    back = ours_read_back(tmp_path / "IMG_1234.dng.xmp")[0]
     assert result.rating_written is None and "XMP-xmp:Rating" not in back
     assert back["XMP-dc:Subject"] == ["musiq-koniq-4"]
 

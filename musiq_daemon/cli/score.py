@@ -52,7 +52,7 @@ def score(
     write_mode: str = typer.Option("embed", "--write-mode", help="embed (sidecars for RAW/HEIC) or sidecar."),
     dng: str = typer.Option("sidecar", "--dng", help="DNG: sidecar (master untouched) or embed (Lightroom)."),
     sidecar_naming: str = typer.Option(
-        "replace", "--sidecar-naming", help="New sidecars: IMG.xmp or IMG.CR2.xmp."
+        "append", "--sidecar-naming", help="New sidecars: append (IMG.CR2.xmp) or replace (IMG.xmp)."
     ),
     rating_model: str = typer.Option(
         "koniq", "--rating-model", help="Model whose score sets the stars; 'none'."

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+# Pillow warns about EXIF entries it skips ("Tag data larger than file. Skipping tag 270"): a UserWarning
+# printed raw on stderr, naming no photo. The date is read from what is left, so the warning tells the user
+# nothing; a filter, not catch_warnings(), because that is not thread-safe (the daemon reads in threads).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 EXIF_IFD = 0x8769
 DATE_TIME_ORIGINAL = 0x9003

@@ -25,11 +25,25 @@ kilobytes.
 
 Sidecars
 --------
-Two naming conventions exist: ``IMG_1234.xmp`` (extension replaced: Lightroom, Capture One, Bridge,
-Photo Mechanic) and ``IMG_1234.CR2.xmp`` (appended: darktable, digiKam). Every one of them that already
-exists is updated (a user of both darktable and Lightroom keeps both in step); when none exists, one is
-created by ``WritePolicy.sidecar_naming`` (``"replace"``, the default, or ``"append"``). Names are
-looked up as ``.xmp`` and ``.XMP``; two names for one file (a case-insensitive share) count once.
+Two naming conventions exist: ``IMG_1234.CR2.xmp`` (appended: darktable, digiKam) and ``IMG_1234.xmp``
+(extension replaced: Lightroom Classic, Capture One, Bridge, Photo Mechanic). Every one of them that
+already exists is updated in place (a user of both darktable and Lightroom keeps both in step); when none
+exists, one is created by ``WritePolicy.sidecar_naming``: ``"append"`` (the default) or ``"replace"``.
+The default is the name the open photo managers read and re-read: darktable reads ``IMG_1234.xmp`` once
+at import and from then on reads and writes only its own ``IMG_1234.CR2.xmp`` (so later scores in
+``IMG_1234.xmp`` would never reach it), and digiKam writes the appended name too (it reads sidecars only
+with "Read from sidecar files" switched on). Lightroom Classic and Capture One read only the replaced
+name: their users choose ``"replace"``. Names are looked up as ``.xmp`` and ``.XMP``; two names for one
+file (a case-insensitive share) count once.
+
+A photo manager that rewrites a sidecar keeps the stars but may drop ``musiqd:RatingWritten`` (darktable
+writes its own file from the one musiqd made): ``write_score(..., known_rating=N)`` passes the stars the
+index says musiqd wrote last, and stars equal to them stay musiqd's.
+
+A photo whose XMP cannot be read or repaired without loss (duplicates that disagree, XML that is not
+well-formed, text that is not UTF-8) is left untouched in embed mode: the score goes to a sidecar, and
+``WriteResult.notes`` says so in one line. The owner's stars in such a packet still count (every value
+is read with the tolerant reader of :mod:`musiq_daemon.metadata.packet`).
 
 ``IMG_1234.xmp`` can belong to only one photo, but RAW+JPEG shooting makes ``IMG_1234.CR2`` and
 ``IMG_1234.JPG``. Like Lightroom, which treats the JPEG as a companion of the RAW, the RAW owns it: a photo
@@ -51,10 +65,18 @@ Safety
 ------
 Every file is read with :func:`~musiq_daemon.metadata.safefile.read_snapshot`, changed in memory (the
 metadata library never opens a file) and written with :func:`~musiq_daemon.metadata.safefile.atomic_replace`
-only after verification: the compressed image data is byte-identical (same
-:func:`~musiq_daemon.metadata.content_hash.content_hash`), the new bytes parse again and hold the new
-values, and every other EXIF, IPTC and XMP value and the ICC profile are unchanged (a rewrite may only
-move data, e.g. EXIF offsets). A photo whose XMP cannot be parsed is refused rather than overwritten.
+only after verification.
+
+JPEG, PNG and WebP: only the XMP is replaced (:mod:`musiq_daemon.metadata.containers`); EXIF, maker
+notes, every IPTC block, ICC profiles and everything else stay byte-identical, and EXIF rating mirrors
+are patched where they stand. XMP that the toolkit refuses is first repaired where that is provably
+lossless (:func:`musiq_daemon.metadata.packet.prepare`). Verification: the compressed image data is
+unchanged (same :func:`~musiq_daemon.metadata.content_hash.content_hash`), every other part is
+byte-identical, the new XMP holds the new values, and every other XMP value, read by an independent
+reader, is unchanged.
+
+TIFF (and DNG in embed mode): the metadata library writes the whole file; the same checks run on the
+values it wrote (EXIF, IPTC, XMP, ICC; a rewrite may only move data, e.g. EXIF offsets).
 
 Writing is idempotent: when the values of the model (score, raw score, version, variant, scale,
 resolution policy, content hash) and the keyword and stars it would write are already there, nothing is
@@ -69,6 +91,7 @@ new version of a photo whose size did not change.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -79,14 +102,20 @@ from typing import Any, Final, Literal, get_args
 
 import exiv2
 
+from musiq_daemon import native_log
 from musiq_daemon.api import ScoreRecord
 
 # The decoder's name formatting is shared so that every message shows a path the same way.
 from musiq_daemon.decode import RAW_SUFFIXES, SUPPORTED_SUFFIXES, _display, sniff_format
 from musiq_daemon.errors import DecodeError, ReadOnlyError, UsageError, WriteError
+from musiq_daemon.metadata import containers, packet
 from musiq_daemon.metadata import xmp as ours
 from musiq_daemon.metadata.content_hash import content_hash
 from musiq_daemon.metadata.safefile import FileSignature, atomic_replace, read_snapshot
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["embed", "sidecar", "index-only"]
 DngMode = Literal["sidecar", "embed"]
@@ -118,7 +147,7 @@ class WritePolicy:
 
     mode: Mode = "embed"
     dng: DngMode = "sidecar"
-    sidecar_naming: SidecarNaming = "replace"
+    sidecar_naming: SidecarNaming = "append"
     # The model whose score sets xmp:Rating; None writes no stars.
     rating_model: str | None = "koniq"
     # Per model: the 4 boundaries on the reported scale for 2, 3, 4 and 5 stars. A model without an entry
@@ -176,19 +205,29 @@ class WriteResult:
     signature: FileSignature | None
     content_hash: str | None
     files: tuple[WrittenFile, ...] = ()
+    # One line each for the owner: a lossless repair made to the photo's XMP, or why the score went to a
+    # sidecar instead of into the photo.
+    notes: tuple[str, ...] = ()
 
 
 def write_score(
-    path: Path, record: ScoreRecord, policy: WritePolicy | None = None, *, scored_at: str | None = None
+    path: Path,
+    record: ScoreRecord,
+    policy: WritePolicy | None = None,
+    *,
+    scored_at: str | None = None,
+    known_rating: int | None = None,
 ) -> WriteResult:
     """Write ``record`` (one model's score of the photo at ``path``) by ``policy``.
 
-    ``scored_at`` (ISO 8601 with zone) defaults to the record's own, else now. Errors are
-    :class:`~musiq_daemon.errors.MusiqError` with a one-line message, and the photo (and any sidecar) is
-    then unchanged: :class:`~musiq_daemon.errors.DecodeError` for a corrupt or unsupported file or an
-    unparseable sidecar, :class:`~musiq_daemon.errors.ReadOnlyError`,
-    :class:`~musiq_daemon.errors.DiskFullError`, :class:`~musiq_daemon.errors.FileChangedError` (another
-    program wrote meanwhile: retry later) and :class:`~musiq_daemon.errors.WriteError`.
+    ``scored_at`` (ISO 8601 with zone) defaults to the record's own, else now. ``known_rating``: the stars
+    the index says musiqd wrote for this photo last time (they stay musiqd's after a photo manager rewrote
+    a sidecar without musiqd's record of them). Errors are :class:`~musiq_daemon.errors.MusiqError` with a
+    one-line message, and the photo (and any sidecar) is then unchanged:
+    :class:`~musiq_daemon.errors.DecodeError` for a corrupt or unsupported file or an unparseable sidecar,
+    :class:`~musiq_daemon.errors.ReadOnlyError`, :class:`~musiq_daemon.errors.DiskFullError`,
+    :class:`~musiq_daemon.errors.FileChangedError` (another program wrote meanwhile: retry later) and
+    :class:`~musiq_daemon.errors.WriteError`.
     """
     policy = policy or WritePolicy()
     path = Path(path)
@@ -211,20 +250,32 @@ def write_score(
         keyword=ours.BucketKeyword(model_id, stars) if stars is not None and policy.keywords else None,
         rating_stars=stars if model_id == policy.rating_model else None,
         preserve_mtime=policy.preserve_mtime,
+        known_rating=known_rating,
     )
 
+    notes: list[str] = []
+    files: tuple[WrittenFile, ...] = ()
+    target: Target = "sidecar"
     if _embeds(fmt, policy):
-        written = _write_embedded(path, data, signature, digest, plan, label)
-        files: tuple[WrittenFile, ...] = (written,)
-        target: Target = "embedded"
-    else:
-        inherited = _embedded_ratings(data)
+        try:
+            with native_log.exiv2_messages() as messages:
+                written, repairs = _write_embedded(path, data, signature, digest, plan, label, fmt)
+            files, target = (written,), "embedded"
+            if repairs and written.changed:
+                notes.append(f"{label}: repaired its XMP losslessly ({'; '.join(repairs)})")
+        except packet.UnrepairableError as exc:
+            notes.append(f"{label}: {exc}; its metadata stays as it is and the score goes to a sidecar")
+        finally:
+            _log_native(messages, label)
+    if not files:
+        inherited = _embedded_ratings(data, fmt, label)
         del data  # a RAW can be large; the sidecar step does not need it
         files = tuple(
             _write_sidecar(sidecar, exists, plan, inherited)
             for sidecar, exists in sidecar_targets(path, policy.sidecar_naming)
         )
-        target = "sidecar"
+        if notes:
+            notes[-1] += f" ({files[0].path.name})"
     first = files[0]
     return WriteResult(
         path=first.path,
@@ -234,7 +285,14 @@ def write_score(
         signature=first.signature,
         content_hash=digest,
         files=files,
+        notes=tuple(notes),
     )
+
+
+def _log_native(messages: list[native_log.NativeMessage], label: str) -> None:
+    line = native_log.summarise(label, messages)
+    if line is not None:
+        log.debug("%s", line)
 
 
 # --- sidecar names -----------------------------------------------------------------------------------------
@@ -296,6 +354,7 @@ class _Plan:
     keyword: ours.BucketKeyword | None
     rating_stars: int | None
     preserve_mtime: bool
+    known_rating: int | None = None
 
 
 def _embeds(fmt: str, policy: WritePolicy) -> bool:
@@ -305,14 +364,129 @@ def _embeds(fmt: str, policy: WritePolicy) -> bool:
 
 
 def _write_embedded(
+    path: Path, data: bytes, signature: FileSignature, digest: str, plan: _Plan, label: str, fmt: str
+) -> tuple[WrittenFile, tuple[str, ...]]:
+    """Write into the photo; :class:`~musiq_daemon.metadata.packet.UnrepairableError` when its XMP cannot be
+    read or repaired without loss (the caller then writes a sidecar)."""
+    if fmt not in containers.SPLICED_FORMATS:
+        return _write_embedded_tiff(path, data, signature, digest, plan, label), ()
+    try:
+        layout = containers.read_layout(data, fmt)
+    except containers.LayoutError as exc:
+        raise DecodeError(f"{label}: cannot read its metadata ({exc})") from None
+    prepared = packet.prepare(layout.packet) if layout.packet is not None else packet.Prepared(b"", ())
+    xmp = _decode_packet(prepared.data)
+    entries = containers.exif_ratings(layout.exif)
+    exif = {key: entries[tag].value for tag, key in _EXIF_KEYS.items() if tag in entries}
+    exif_out = dict(exif)
+    applied = _apply(xmp, exif, plan, (), label, exif_out)
+    if not applied.changed:
+        return WrittenFile(path, signature, False, applied.rating_written), prepared.repairs
+    _check_writable(path, label)
+    standard, extended = _encode(xmp, label)
+    patched = {tag: exif_out[key] for tag, key in _EXIF_KEYS.items() if exif_out.get(key) != exif.get(key)}
+    new_exif = containers.patch_exif(layout.exif, patched) if layout.exif is not None and patched else None
+    try:
+        new = layout.rebuild(standard, extended, new_exif)
+    except containers.LayoutError as exc:
+        raise WriteError(f"{label}: cannot write its metadata ({exc}); nothing was written") from None
+    if content_hash(new, path=path) != digest:
+        raise WriteError(f"{label}: writing the metadata would change the image data; nothing was written")
+    _verify_spliced(layout, new, new_exif, prepared.data, plan, applied, label)
+    new_signature = atomic_replace(path, new, expected=signature, preserve_mtime=plan.preserve_mtime)
+    return WrittenFile(path, new_signature, True, applied.rating_written), prepared.repairs
+
+
+_EXIF_KEYS: Final = {
+    containers.EXIF_RATING: ours.EXIF_RATING_KEY,
+    containers.EXIF_RATING_PERCENT: ours.EXIF_RATING_PERCENT_KEY,
+}
+
+
+def _decode_packet(data: bytes) -> Any:
+    """The XMP toolkit's reading of a prepared packet (an empty one for b"");
+    :class:`~musiq_daemon.metadata.packet.UnrepairableError` when the toolkit still refuses it."""
+    if not data:
+        return exiv2.XmpData()
+    try:
+        image = exiv2.ImageFactory.open(data)
+        image.readMetadata()
+    except exiv2.Exiv2Error as exc:
+        raise packet.UnrepairableError(f"its XMP cannot be read ({_exiv2_message(exc)})") from None
+    xmp = image.xmpData()
+    if xmp.empty() and _PACKET_PROPERTY.search(data):
+        raise packet.UnrepairableError("its XMP cannot be read by the XMP toolkit")
+    return xmp
+
+
+_FORMAT = exiv2.XmpParser.XmpFormatFlags
+# Kept in the standard packet when a large packet is split: what photo managers filter on, and ours.
+_STANDARD_ONLY: Final = re.compile(
+    r"Xmp\.(musiqd|xmpNote|MicrosoftPhoto)\.|Xmp\.xmp\.Rating\Z|Xmp\.dc\.subject\Z|"
+    r"Xmp\.lr\.hierarchicalSubject\Z|Xmp\.digiKam\.TagsList\Z|Xmp\.xmp\.Label\Z"
+)
+
+
+def _encode(xmp: Any, label: str) -> tuple[bytes, bytes | None]:
+    """The standard packet, and an extended one when everything does not fit one JPEG segment: the
+    largest properties (never ours, the stars or the keywords) move to the extension, as the XMP
+    specification describes."""
+    standard = _encode_packet(xmp, padding=2048)
+    if len(standard) <= containers.MAX_STANDARD:
+        return standard, None
+    groups: dict[str, list[Any]] = {}
+    for datum in xmp:
+        key = str(datum.key())
+        groups.setdefault(re.split(r"[/\[]", key, maxsplit=1)[0], []).append(datum)
+    movable = sorted(
+        (top for top in groups if not _STANDARD_ONLY.match(top)),
+        key=lambda top: -sum(len(str(d.toString())) + len(str(d.key())) for d in groups[top]),
+    )
+    moved: set[str] = set()
+    for top in movable:
+        moved.add(top)
+        std = exiv2.XmpData()
+        for name, datums in groups.items():
+            if name not in moved:
+                for datum in datums:
+                    std.add(datum)
+        ours.set_text(std, "Xmp.xmpNote.HasExtendedXMP", "0" * 32)
+        if len(_encode_packet(std, padding=0)) <= containers.MAX_STANDARD:
+            ext = exiv2.XmpData()
+            for name in moved:
+                for datum in groups[name]:
+                    ext.add(datum)
+            extended = _encode_packet(ext, padding=0, wrapper=False)
+            ours.set_text(std, "Xmp.xmpNote.HasExtendedXMP", containers.extended_guid(extended))
+            return _encode_packet(std, padding=0), extended
+    raise WriteError(f"{label}: its XMP is too large to write even when split; nothing was written")
+
+
+def _encode_packet(xmp: Any, *, padding: int, wrapper: bool = True) -> bytes:
+    flags = _FORMAT.useCompactFormat | (0 if wrapper else _FORMAT.omitPacketWrapper)
+    result = exiv2.XmpParser.encode(xmp, flags, padding)
+    code, text = (result[0], result[1]) if isinstance(result, list | tuple) else (0, result)
+    if code != 0:
+        raise WriteError(f"cannot serialise the XMP (toolkit error {code})")
+    return str(text).encode("utf-8")
+
+
+def _write_embedded_tiff(
     path: Path, data: bytes, signature: FileSignature, digest: str, plan: _Plan, label: str
 ) -> WrittenFile:
+    """TIFF (and DNG in embed mode): the metadata library writes the whole file; every value it wrote
+    is compared with the state before."""
     image = _open(data, label)
-    xmp, exif = image.xmpData(), image.exifData()
-    before = _Foreign.of(image, plan.score.model_id)
-    applied = _apply(xmp, exif, plan, (), label)
+    xmp, exif_data = image.xmpData(), image.exifData()
+    before = _Foreign.of(image)
+    exif = {key: int(v) for key in _EXIF_KEYS.values() if (v := _exif_int(exif_data, key)) is not None}
+    exif_out = dict(exif)
+    applied = _apply(xmp, exif, plan, (), label, exif_out)
     if not applied.changed:
         return WrittenFile(path, signature, False, applied.rating_written)
+    for key, value in exif_out.items():
+        if exif.get(key) != value:
+            exif_data[key] = exiv2.UShortValue(value)
     _check_writable(path, label)
     new = _serialise(image, label)
     del image
@@ -325,15 +499,27 @@ def _write_embedded(
     return WrittenFile(path, new_signature, True, applied.rating_written)
 
 
+def _exif_int(exif: Any, key: str) -> int | None:
+    text = ours.get_text(exif, key)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def _write_sidecar(path: Path, exists: bool, plan: _Plan, inherited: tuple[int | None, ...]) -> WrittenFile:
     label = _display(str(path))
     if exists:
         data, signature = read_snapshot(path)
     else:
         data, signature = _NEW_SIDECAR, None
-    image = _open_sidecar(data, label)
-    before = _Foreign.of(image, plan.score.model_id)
-    applied = _apply(image.xmpData(), None, plan, inherited, label)
+    try:
+        prepared = packet.prepare(data)
+    except packet.UnrepairableError as exc:
+        raise DecodeError(f"{label}: {exc}; musiqd never overwrites a sidecar it cannot read") from None
+    image = _open_sidecar(prepared.data, label)
+    before = _Foreign.of(image)
+    applied = _apply(image.xmpData(), None, plan, inherited, label, None)
     if not applied.changed and signature is not None:  # (a new sidecar always changes)
         return WrittenFile(path, signature, False, applied.rating_written)
     if signature is not None:
@@ -348,18 +534,25 @@ def _write_sidecar(path: Path, exists: bool, plan: _Plan, inherited: tuple[int |
 
 
 def _apply(
-    xmp: Any, exif: Any | None, plan: _Plan, inherited: tuple[int | None, ...], label: str
+    xmp: Any,
+    exif: dict[str, int] | None,
+    plan: _Plan,
+    inherited: tuple[int | None, ...],
+    label: str,
+    exif_out: dict[str, int] | None,
 ) -> ours.Applied:
-    """:func:`~musiq_daemon.metadata.xmp.apply_score` in memory; ``exif`` None for a sidecar."""
+    """:func:`~musiq_daemon.metadata.xmp.apply_score` in memory; ``exif`` None for a sidecar. The EXIF
+    rating entries to patch end up in ``exif_out``."""
     try:
         return ours.apply_score(
             xmp,
-            exif,
+            exif_out if exif_out is not None else exif,
             plan.score,
             keyword=plan.keyword,
             rating_stars=plan.rating_stars,
             mirrors=exif is not None,
             inherited=inherited,
+            known_rating=plan.known_rating,
         )
     except exiv2.Exiv2Error as exc:
         raise WriteError(
@@ -367,15 +560,42 @@ def _apply(
         ) from None
 
 
-def _embedded_ratings(data: bytes) -> tuple[int | None, ...]:
-    """The ratings stored in a photo that gets a sidecar (e.g. set in camera); none when the metadata
-    library cannot read the format (some RAW formats), which then leaves the decision to the sidecar."""
-    try:
-        image = exiv2.ImageFactory.open(data)
-        image.readMetadata()
-    except exiv2.Exiv2Error:
-        return ()
-    return ours.embedded_ratings(image.xmpData(), image.exifData())
+def _embedded_ratings(data: bytes, fmt: str, label: str) -> tuple[int | None, ...]:
+    """The ratings stored in a photo that gets a sidecar (e.g. set in camera, or the owner's stars in XMP
+    the toolkit cannot parse: every value counts, read tolerantly); none when the format is unreadable
+    (some RAW formats), which then leaves the decision to the sidecar."""
+    raw_packet: bytes | None = None
+    exif: dict[str, int] = {}
+    if fmt in containers.SPLICED_FORMATS:
+        try:
+            layout = containers.read_layout(data, fmt)
+        except (containers.LayoutError, packet.UnrepairableError):
+            layout = None
+        if layout is not None:
+            raw_packet = layout.packet
+            entries = containers.exif_ratings(layout.exif)
+            exif = {key: entries[tag].value for tag, key in _EXIF_KEYS.items() if tag in entries}
+    else:
+        with native_log.exiv2_messages() as messages:
+            try:
+                image = exiv2.ImageFactory.open(data)
+                image.readMetadata()
+                raw_packet = str(image.xmpPacket()).encode("utf-8") or None
+                exif_data = image.exifData()
+                exif = {k: v for k in _EXIF_KEYS.values() if (v := _exif_int(exif_data, k)) is not None}
+            except exiv2.Exiv2Error:
+                pass
+        _log_native(messages, label)
+    values: list[int | None] = []
+    if raw_packet:
+        for key, percent in ((ours.XMP_RATING_KEY, False), (ours.MS_RATING_KEY, True)):
+            for text in packet.property_values(raw_packet, ours.packet_path(key)):
+                values.append(ours.stars_value(text, percent=percent))
+    if ours.EXIF_RATING_KEY in exif:
+        values.append(exif[ours.EXIF_RATING_KEY])
+    if ours.EXIF_RATING_PERCENT_KEY in exif:
+        values.append(ours.stars_from_percent(exif[ours.EXIF_RATING_PERCENT_KEY]))
+    return tuple(values)
 
 
 # --- verification ------------------------------------------------------------------------------------------
@@ -383,44 +603,47 @@ def _embedded_ratings(data: bytes) -> tuple[int | None, ...]:
 
 @dataclass(frozen=True)
 class _Foreign:
-    """Everything in a file's metadata that a write must not change."""
+    """Everything in a file's metadata that a write must not change (for files the metadata library
+    writes whole: TIFF, and sidecars)."""
 
-    xmp_owned: list[tuple[str, str]]  # with the rating as musiqd's (left out)
-    xmp_user: list[tuple[str, str]]  # with the rating as the user's (compared)
+    xmp: list[tuple[str, str]]  # flattened by the independent reader
     exif_owned: list[tuple[str, str]]
     exif_user: list[tuple[str, str]]
     iptc: list[tuple[str, str]]
     icc: bytes | None
 
     @classmethod
-    def of(cls, image: Any, model_id: str) -> _Foreign:
-        xmp, exif = image.xmpData(), image.exifData()
+    def of(cls, image: Any) -> _Foreign:
+        exif = image.exifData()
+        raw = str(image.xmpPacket()).encode("utf-8")
         return cls(
-            xmp_owned=ours.foreign_xmp(xmp, model_id, rating_owned=True),
-            xmp_user=ours.foreign_xmp(xmp, model_id, rating_owned=False),
+            xmp=packet.flatten(raw) if raw.strip() else [],
             exif_owned=ours.foreign_exif(exif, rating_owned=True),
             exif_user=ours.foreign_exif(exif, rating_owned=False),
             iptc=sorted((str(d.key()), str(d.toString())) for d in image.iptcData()),
             icc=bytes(image.iccProfile().data()) if image.iccProfileDefined() else None,
         )
 
-    def differences(self, other: _Foreign, *, rating_owned: bool) -> list[str]:
+    def differences(self, other: _Foreign, model_id: str, *, rating_owned: bool) -> list[str]:
         """What differs from ``other``, by kind; the stars count only when they are the user's."""
+        out = (
+            ["XMP"]
+            if ours.foreign_differences(self.xmp, other.xmp, model_id, rating_owned=rating_owned)
+            else []
+        )
         checks = {
-            "XMP": (self.xmp_owned, other.xmp_owned) if rating_owned else (self.xmp_user, other.xmp_user),
             "EXIF": (self.exif_owned, other.exif_owned)
             if rating_owned
             else (self.exif_user, other.exif_user),
             "IPTC": (self.iptc, other.iptc),
             "ICC profile": (self.icc, other.icc),
         }
-        return [name for name, (mine, theirs) in checks.items() if mine != theirs]
+        return out + [name for name, (mine, theirs) in checks.items() if mine != theirs]
 
 
-def _verify(check: Any, plan: _Plan, applied: ours.Applied, before: _Foreign, label: str) -> None:
-    """The re-parsed new bytes hold the new values and nothing else changed; else :class:`WriteError`."""
+def _check_own_values(xmp: Any, plan: _Plan, applied: ours.Applied) -> list[str]:
+    """What of the new values does not read back from ``xmp`` (the toolkit's reading of the new bytes)."""
     score = plan.score
-    xmp = check.xmpData()
     problems = []
     if ours.read_model_fields(xmp, score.model_id) != dict(score.fields):
         problems.append("the score did not read back")
@@ -429,9 +652,65 @@ def _verify(check: Any, plan: _Plan, applied: ours.Applied, before: _Foreign, la
         problems.append("the rating did not read back")
     if plan.keyword is not None and plan.keyword.leaf not in (ours.get_items(xmp, ours.SUBJECT_KEY) or []):
         problems.append("the keyword did not read back")
-    changed = before.differences(_Foreign.of(check, score.model_id), rating_owned=stars is not None)
+    return problems
+
+
+def _verify(check: Any, plan: _Plan, applied: ours.Applied, before: _Foreign, label: str) -> None:
+    """The re-parsed new bytes hold the new values and nothing else changed; else :class:`WriteError`."""
+    problems = _check_own_values(check.xmpData(), plan, applied)
+    changed = before.differences(
+        _Foreign.of(check), plan.score.model_id, rating_owned=applied.rating_written is not None
+    )
     if changed:
         problems.append(f"other metadata would change ({', '.join(changed)})")
+    _refuse(problems, label)
+
+
+def _verify_spliced(
+    layout: containers.Layout,
+    new: bytes,
+    new_exif: bytes | None,
+    old_packet: bytes,
+    plan: _Plan,
+    applied: ours.Applied,
+    label: str,
+) -> None:
+    """A spliced file: every part but the XMP byte-identical (EXIF as patched), the new XMP holds the new
+    values (read by the toolkit) and every other value of the old (read by the independent reader)."""
+    problems: list[str] = []
+    try:
+        after = containers.read_layout(new, layout.fmt)
+    except (containers.LayoutError, packet.UnrepairableError) as exc:
+        _refuse([f"the new file does not read back ({exc})"], label)
+        raise AssertionError from None  # (unreachable: _refuse raises)
+    if after.others() != layout.others():
+        problems.append("other metadata would change (a segment other than XMP)")
+    if after.exif != (new_exif if new_exif is not None else layout.exif):
+        problems.append("other metadata would change (EXIF)")
+    old_header = containers.vp8x_flags_apart_from_xmp(layout)
+    if old_header is not None and containers.vp8x_flags_apart_from_xmp(after) != old_header:
+        problems.append("other metadata would change (WebP header)")
+    if after.packet is None:
+        _refuse(["the XMP did not read back"], label)
+    assert after.packet is not None
+    problems += _check_own_values(_decode_packet(packet.prepare(after.packet).data), plan, applied)
+    changed = ours.foreign_differences(
+        packet.flatten(old_packet) if old_packet else [],
+        packet.flatten(after.packet),
+        plan.score.model_id,
+        rating_owned=applied.rating_written is not None,
+    )
+    if changed:
+        names = ", ".join(_short_path(p) for p in changed[:3])
+        problems.append(f"other metadata would change (XMP: {names})")
+    _refuse(problems, label)
+
+
+def _short_path(path: str) -> str:
+    return re.split(r"[/#]", path.split("[", 1)[0])[-1]
+
+
+def _refuse(problems: list[str], label: str) -> None:
     if problems:
         raise WriteError(
             f"{label}: verification failed, {'; '.join(problems)}; nothing was written "

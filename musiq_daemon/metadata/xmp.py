@@ -374,7 +374,7 @@ class RatingState:
         return all(v == self.written for v in self.mirrors)
 
 
-def _stars_value(text: str | None, *, percent: bool) -> int | None:
+def stars_value(text: str | None, *, percent: bool) -> int | None:
     try:
         value = _parse_int(text)
     except ValueError:
@@ -384,57 +384,52 @@ def _stars_value(text: str | None, *, percent: bool) -> int | None:
     return stars_from_percent(value) if percent else value
 
 
-def read_rating_state(xmp: Any, exif: Any | None) -> RatingState:
-    """The rating fields of ``xmp`` (and of ``exif`` for embedded metadata)."""
+def read_rating_state(xmp: Any, exif: Mapping[str, int] | None) -> RatingState:
+    """The rating fields of ``xmp`` (and, for embedded metadata, the EXIF rating entries in ``exif``:
+    key -> value, present entries only)."""
     rating_text = get_text(xmp, XMP_RATING_KEY)
     written_text = get_text(xmp, RATING_WRITTEN_KEY)
-    sources: list[tuple[Any, str, bool]] = [(xmp, MS_RATING_KEY, True)]
+    ms_text = get_text(xmp, MS_RATING_KEY)
+    mirrors: list[int | None] = [] if ms_text is None else [stars_value(ms_text, percent=True)]
     if exif is not None:
-        sources += [(exif, EXIF_RATING_KEY, False), (exif, EXIF_RATING_PERCENT_KEY, True)]
-    mirrors = tuple(
-        _stars_value(text, percent=percent)
-        for data, key, percent in sources
-        if (text := get_text(data, key)) is not None
-    )
+        if EXIF_RATING_KEY in exif:
+            mirrors.append(exif[EXIF_RATING_KEY])
+        if EXIF_RATING_PERCENT_KEY in exif:
+            mirrors.append(stars_from_percent(exif[EXIF_RATING_PERCENT_KEY]))
     return RatingState(
-        xmp_rating=_stars_value(rating_text, percent=False),
+        xmp_rating=stars_value(rating_text, percent=False),
         has_xmp_rating=rating_text is not None,
-        mirrors=mirrors,
-        written=_stars_value(written_text, percent=False),
+        mirrors=tuple(mirrors),
+        written=stars_value(written_text, percent=False),
         has_written=written_text is not None,
     )
 
 
-def embedded_ratings(xmp: Any, exif: Any | None) -> tuple[int | None, ...]:
+def embedded_ratings(xmp: Any, exif: Mapping[str, int] | None) -> tuple[int | None, ...]:
     """Every rating value a photo carries, as stars (for :meth:`RatingState.owned`'s ``inherited``)."""
     state = read_rating_state(xmp, exif)
     return ((state.xmp_rating,) if state.has_xmp_rating else ()) + state.mirrors
 
 
-def write_rating(xmp: Any, exif: Any | None, stars: int, model_id: str, *, mirrors: bool) -> bool:
-    """Set the stars (and, with ``mirrors``, MicrosoftPhoto:Rating and the EXIF copies when the photo has
-    EXIF). Returns whether anything changed. The caller has checked ownership."""
+def write_rating(xmp: Any, exif: dict[str, int] | None, stars: int, model_id: str, *, mirrors: bool) -> bool:
+    """Set the stars (and, with ``mirrors``, MicrosoftPhoto:Rating and the EXIF rating entries present in
+    ``exif``, which is updated: EXIF entries are patched where they stand, never added). Returns whether
+    anything changed. The caller has checked ownership."""
     if not 1 <= stars <= 5:
         raise ValueError(f"stars must be 1..5, got {stars}")
-    wanted: list[tuple[Any, str, Any]] = [
-        (xmp, XMP_RATING_KEY, str(stars)),
-        (xmp, RATING_WRITTEN_KEY, str(stars)),
-        (xmp, RATING_MODEL_KEY, model_id),
-    ]
+    wanted = [(XMP_RATING_KEY, str(stars)), (RATING_WRITTEN_KEY, str(stars)), (RATING_MODEL_KEY, model_id)]
     if mirrors:
-        wanted.append((xmp, MS_RATING_KEY, str(rating_percent(stars))))
-        if exif is not None and not exif.empty():
-            wanted.append((exif, EXIF_RATING_KEY, exiv2.UShortValue(stars)))
-            wanted.append((exif, EXIF_RATING_PERCENT_KEY, exiv2.UShortValue(rating_percent(stars))))
+        wanted.append((MS_RATING_KEY, str(rating_percent(stars))))
     changed = False
-    for data, key, value in wanted:
-        text = value if isinstance(value, str) else str(value.toString())
-        if get_text(data, key) != text:
-            if isinstance(value, str):
-                set_text(data, key, value)
-            else:
-                data[key] = value
+    for key, text in wanted:
+        if get_text(xmp, key) != text:
+            set_text(xmp, key, text)
             changed = True
+    if mirrors and exif is not None:
+        for key, value in ((EXIF_RATING_KEY, stars), (EXIF_RATING_PERCENT_KEY, rating_percent(stars))):
+            if key in exif and exif[key] != value:
+                exif[key] = value
+                changed = True
     return changed
 
 
@@ -455,8 +450,47 @@ def _replace_own(items: Iterable[str], wanted: str, is_own: Any) -> list[str]:
     return out
 
 
+def owner_keywords(xmp: Any, model_id: str | None = None) -> dict[str, list[str]]:
+    """The owner's keywords in each container that exists (musiqd's own bucket keywords of ``model_id``,
+    or of any model when None, left out)."""
+    out: dict[str, list[str]] = {}
+    for key in _KEYWORD_CONTAINERS:
+        items = get_items(xmp, key)
+        if items is not None:
+            out[key] = [i for i in items if not _is_any_own(key, i, model_id)]
+    return out
+
+
+def _is_any_own(key: str, item: str, model_id: str | None) -> bool:
+    if model_id is not None:
+        return is_own_keyword(key, item, model_id)
+    parts = re.split(r"[|/]", item)
+    return (
+        bool(parts)
+        and re.fullmatch(r"musiq-[a-z][a-z0-9_]*-\d+", parts[-1]) is not None
+        and (len(parts) == 1 or (len(parts) == 3 and parts[0] == KEYWORD_ROOT))
+    )
+
+
+def carried_keywords(existing: Mapping[str, list[str]], key: str) -> list[str]:
+    """The owner's keywords a new ``key`` container starts with, so that a photo manager that prefers it
+    (darktable and digiKam prefer ``lr:hierarchicalSubject`` to ``dc:subject``) still shows them all:
+    ``lr:hierarchicalSubject`` takes digiKam's tags (``/`` becomes ``|``), else the flat keywords;
+    ``dc:subject`` takes the leaves of the hierarchical tags."""
+    tags = existing.get(TAGS_LIST_KEY) or []
+    if key == HIERARCHICAL_KEY:
+        if tags:
+            return list(dict.fromkeys(t.replace("/", "|") for t in tags))
+        return list(dict.fromkeys(existing.get(SUBJECT_KEY) or existing.get(MS_KEYWORDS_KEY) or []))
+    if key == SUBJECT_KEY:
+        source = existing.get(HIERARCHICAL_KEY) or [t.replace("/", "|") for t in tags]
+        return list(dict.fromkeys(item.rsplit("|", 1)[-1] for item in source))
+    return []
+
+
 def write_keywords(xmp: Any, keyword: BucketKeyword) -> bool:
-    """Put ``keyword`` into the keyword containers (see the module docstring). Returns whether anything
+    """Put ``keyword`` into the keyword containers (see the module docstring); a container created now
+    first gets the owner's keywords from the others (:func:`carried_keywords`). Returns whether anything
     changed."""
     containers: list[tuple[str, str, Any, bool]] = [
         (HIERARCHICAL_KEY, keyword.hierarchical, exiv2.TypeId.xmpBag, True),
@@ -464,14 +498,14 @@ def write_keywords(xmp: Any, keyword: BucketKeyword) -> bool:
         (TAGS_LIST_KEY, keyword.slashed, exiv2.TypeId.xmpSeq, False),
         (MS_KEYWORDS_KEY, keyword.slashed, exiv2.TypeId.xmpBag, False),
     ]
+    existing = owner_keywords(xmp)
     changed = False
     for key, wanted, default_type, create in containers:
         current = get_items(xmp, key)
         if current is None and not create:
             continue
-        items = _replace_own(
-            current or [], wanted, lambda item, key=key: is_own_keyword(key, item, keyword.model_id)
-        )
+        start = current if current is not None else carried_keywords(existing, key)
+        items = _replace_own(start, wanted, lambda item, key=key: is_own_keyword(key, item, keyword.model_id))
         if items != current:
             set_items(xmp, key, items, default_type)
             changed = True
@@ -491,24 +525,28 @@ class Applied:
 
 def apply_score(
     xmp: Any,
-    exif: Any | None,
+    exif: dict[str, int] | None,
     score: ModelScore,
     *,
     keyword: BucketKeyword | None,
     rating_stars: int | None,
     mirrors: bool,
     inherited: Sequence[int | None] = (),
+    known_rating: int | None = None,
 ) -> Applied:
     """Bring one model's values, its bucket keyword and (when ``rating_stars`` is given and musiqd owns
     the stars) the rating up to date in ``xmp`` and ``exif`` (None for a sidecar).
 
     ``mirrors``: also keep MicrosoftPhoto:Rating and the EXIF copies (embedded metadata only).
     ``inherited``: the original photo's ratings, which decide ownership for a sidecar without a rating.
+    ``known_rating``: the stars the index says musiqd wrote into this file last; they stay musiqd's when a
+    photo manager rewrote the file without ``musiqd:RatingWritten`` (see :func:`_ours_by_record`).
     When nothing but the volatile fields would change, nothing at all is changed (``changed`` False).
     """
     changed = model_fields_differ(xmp, score)
     rating_written = None
-    if rating_stars is not None and read_rating_state(xmp, exif if mirrors else None).owned(inherited):
+    state = read_rating_state(xmp, exif if mirrors else None)
+    if rating_stars is not None and (state.owned(inherited) or _ours_by_record(state, known_rating)):
         changed |= write_rating(xmp, exif, rating_stars, score.model_id, mirrors=mirrors)
         rating_written = rating_stars
     if keyword is not None:
@@ -516,6 +554,15 @@ def apply_score(
     if changed:
         write_model_fields(xmp, score)
     return Applied(changed, rating_written)
+
+
+def _ours_by_record(state: RatingState, known_rating: int | None) -> bool:
+    """Stars musiqd wrote, in a file a photo manager rewrote without musiqd's record of them (darktable
+    writes its own sidecar from the one musiqd made): the rating equals what the index says musiqd wrote,
+    and no mirror disagrees."""
+    if known_rating is None or state.has_written or not state.has_xmp_rating:
+        return False
+    return state.xmp_rating == known_rating and all(v == known_rating for v in state.mirrors)
 
 
 # --- what a write must leave alone (for verification) ------------------------------------------------------
@@ -530,24 +577,74 @@ _POSITION_TAG = re.compile(
 _POSITION_KEYS: Final = frozenset({"Exif.MakerNote.Offset", "Exif.MakerNote.ByteOrder"})
 
 
-def foreign_xmp(xmp: Any, model_id: str, *, rating_owned: bool) -> list[tuple[str, str]]:
-    """Every XMP value a write of ``model_id``'s score must leave as it was: all but that model's struct,
-    musiqd's own bucket keywords of that model (the user's keywords are kept, in order) and, when musiqd
-    owns them, the stars. Sorted (key, text) pairs: serialisation may reorder properties."""
-    own_struct = struct_key(model_id)
-    out: list[tuple[str, str]] = []
-    for datum in xmp:
-        key = str(datum.key())
-        if key == own_struct or key.startswith(own_struct + "/") or (rating_owned and key in _RATING_KEYS):
-            continue
-        if key in _KEYWORD_CONTAINERS:
-            items = [str(datum.toString(i)) for i in range(int(datum.count()))]
-            kept = [item for item in items if not is_own_keyword(key, item, model_id)]
-            if kept:  # a container that holds only musiqd's keyword may be created by the write
-                out.append((key, "\n".join(kept)))
-        else:
-            out.append((key, str(datum.toString())))
-    return sorted(out)
+# The namespace URIs of the keys above, for comparing packets read by :mod:`musiq_daemon.metadata.packet`.
+_URIS: Final = {
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "lr": "http://ns.adobe.com/lightroom/1.0/",
+    "digiKam": "http://www.digikam.org/ns/1.0/",
+    "MicrosoftPhoto": "http://ns.microsoft.com/photo/1.0/",
+    NAMESPACE_PREFIX: NAMESPACE_URI,
+}
+
+
+def packet_path(key: str) -> str:
+    """An exiv2 key (``Xmp.dc.subject``) as a :func:`~musiq_daemon.metadata.packet.flatten` path."""
+    _, prefix, name = key.split(".", 2)
+    return _URIS[prefix] + name
+
+
+_HAS_EXTENDED: Final = "http://ns.adobe.com/xmp/note/HasExtendedXMP"
+
+
+def foreign_differences(
+    before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]], model_id: str, *, rating_owned: bool
+) -> list[str]:
+    """What a write of ``model_id``'s score changed that is not musiqd's to change, comparing two packets
+    flattened by :func:`~musiq_daemon.metadata.packet.flatten`: everything but that model's struct,
+    musiqd's own bucket keywords of that model (the owner's keywords must stay, in order), the reference
+    to extended XMP, and the stars when musiqd owns them. A keyword container the write created may hold
+    exactly the owner's keywords carried over from the others (:func:`carried_keywords`)."""
+    own = packet_path(struct_key(model_id))
+    skipped = {_HAS_EXTENDED, *(packet_path(k) for k in _RATING_KEYS)} if rating_owned else {_HAS_EXTENDED}
+    containers = {packet_path(k): k for k in _KEYWORD_CONTAINERS}
+
+    def split(pairs: Sequence[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
+        plain: dict[str, str] = {}
+        keywords: dict[str, list[str]] = {}
+        for path, value in pairs:
+            base = path.split("[", 1)[0]
+            if base == own or base.startswith(own + "/") or base in skipped:
+                continue
+            key = containers.get(base)
+            if key is not None and path != base and re.fullmatch(r"\[\d+\]", path[len(base) :]):
+                if not is_own_keyword(key, value, model_id):
+                    keywords.setdefault(key, []).append(value)
+            elif key is not None and path == base:
+                keywords.setdefault(key, [])
+                plain[path] = value  # the array type
+            else:
+                plain.setdefault(path, value)
+                if plain[path] != value:  # (a duplicate that differs: never repaired, see packet.prepare)
+                    plain[path] += "\n" + value
+        return plain, keywords
+
+    old_plain, old_keywords = split(before)
+    new_plain, new_keywords = split(after)
+    changed = sorted(
+        path
+        for path in old_plain.keys() | new_plain.keys()
+        if old_plain.get(path) != new_plain.get(path) and not (path in containers and path not in old_plain)
+    )
+    for key in _KEYWORD_CONTAINERS:
+        if key in old_keywords:
+            if new_keywords.get(key) != old_keywords[key]:
+                changed.append(packet_path(key))
+        elif key in new_keywords and new_keywords[key] != carried_keywords(
+            {k: [i for i in v if not _is_any_own(k, i, None)] for k, v in old_keywords.items()}, key
+        ):
+            changed.append(packet_path(key))
+    return changed
 
 
 def foreign_exif(exif: Any, *, rating_owned: bool) -> list[tuple[str, str]]:
