@@ -370,7 +370,11 @@ def test_unparseable_xmp_is_not_overwritten(originals: dict[str, Path], tmp_path
 
     assert photo.read_bytes() == content and FileSignature.of(photo) == signature
     assert result.target == "sidecar" and result.path == tmp_path / "badxmp.jpg.xmp"
-    assert len(result.notes) == 1 and "not well-formed" in result.notes[0] and "badxmp.jpg.xmp" in result.notes[0]
+    assert (
+        len(result.notes) == 1
+        and "not well-formed" in result.notes[0]
+        and "badxmp.jpg.xmp" in result.notes[0]
+    )
     assert result.rating_written is None  # the photo's EXIF holds the owner's 2 stars
     back = dump(result.path, args=("-XMP-xmp:Rating", "-XMP-musiqd:KoniqScore"))[0]
     assert "Rating" not in back and back["KoniqScore"] == "3.500"

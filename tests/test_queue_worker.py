@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from musiq_daemon.api import Scorer
 from musiq_daemon.daemon import queue
+from musiq_daemon.daemon.scan import ingest_file
 from musiq_daemon.daemon.worker import (
     SETTLE_DELAY_S,
     UNAVAILABLE_DELAY_S,
@@ -518,3 +519,35 @@ def test_moved_photo_keeps_its_score(db: IndexDB, tmp_path: Path, scorers: dict[
     assert old_id not in by_photo and by_photo[new_id].state == "done"
     assert by_photo[copy_id].state == "pending" and by_photo[other_id].state == "done"
     assert queue.rescore(db, "koniq", mode="missing") == 0  # the copy is pending, the rest scored
+
+
+def test_a_renamed_photo_takes_its_sidecar_along(
+    db: IndexDB, tmp_path: Path, scorers: dict[str, Scorer]
+) -> None:
+    """Sidecar mode: the daemon sees a photo renamed (a new file with a known content hash) and renames its
+    sidecar too, so photo managers still find it; the index points at the new sidecar."""
+    root = tmp_path / "Photos"
+    (photo_id,) = add_photos(db, root, ["2023/a.jpg"], image=True)
+    worker = make_worker(db, scorers, write_policy=WritePolicy(mode="sidecar"))
+    list(iter(worker.run_once, None))
+    old_photo, old_sidecar = root / "2023/a.jpg", root / "2023/a.jpg.xmp"
+    sidecar_bytes = old_sidecar.read_bytes()
+    new_photo = root / "best" / "a-renamed.jpg"
+    new_photo.parent.mkdir()
+    old_photo.rename(new_photo)
+
+    with db.session() as session:
+        outcome = ingest_file(session, new_photo, roots=[root], models=["koniq"], hash_new=True)
+
+    new_sidecar = root / "best" / "a-renamed.jpg.xmp"
+    assert outcome == "moved"
+    assert not old_sidecar.exists() and new_sidecar.read_bytes() == sidecar_bytes
+    with db.session() as session:
+        score = session.scalars(select(Score)).one()
+        assert score.photo_id != photo_id and score.written_path == encode_path(new_sidecar)
+    # A copy is not a move: the original keeps its sidecar, the copy gets none from it.
+    copy = root / "copy.jpg"
+    copy.write_bytes(new_photo.read_bytes())
+    with db.session() as session:
+        assert ingest_file(session, copy, roots=[root], models=["koniq"], hash_new=True) == "queued"
+    assert new_sidecar.exists() and not (root / "copy.jpg.xmp").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,37 @@ def test_a_sidecar_name_that_is_not_xmp_is_left_alone(raw_bytes: bytes, tmp_path
     sidecar = tmp_path / "IMG_1234.xmp"
     shutil.copy2(imagegen.make_jpeg(tmp_path / "x.jpg", 64, 48), sidecar)
     assert_refused(sidecar, DecodeError, lambda: write_score(raw, record(), WritePolicy()))
+
+
+def forget_ours(sidecar: Path) -> None:
+    """What a photo manager that writes its own sidecar leaves: everything but musiqd's rating record."""
+    data = re.sub(rb'\s*musiqd:Rating(Written|Model)="[^"]*"', b"", sidecar.read_bytes())
+    data = re.sub(rb"\s*<musiqd:Rating(Written|Model)>[^<]*</musiqd:Rating\1>", b"", data)
+    assert b"RatingWritten" not in data
+    sidecar.write_bytes(data)
+
+
+def test_stars_stay_musiqds_after_a_photo_manager_rewrote_the_sidecar(
+    raw_bytes: bytes, tmp_path: Path
+) -> None:
+    """darktable writes its own sidecar from the one musiqd made: the stars stay, musiqd's record of them
+    (RatingWritten) does not. The index's record (``known_rating``) keeps them musiqd's; without it they
+    are taken for the owner's, and a different value is the owner's in any case."""
+    raw = tmp_path / "IMG_1234.CR2"
+    raw.write_bytes(raw_bytes)
+    first = write_score(raw, record(score=3.5), WritePolicy())
+    assert first.rating_written == 4 and first.path is not None
+    forget_ours(first.path)
+
+    unknown = write_score(raw, record(score=3.1), WritePolicy())
+    assert unknown.rating_written is None
+    assert ours_read_back(first.path)[0]["XMP-xmp:Rating"] == "4"
+
+    known = write_score(raw, record(score=3.1), WritePolicy(), known_rating=4)
+    back = ours_read_back(first.path)[0]
+    assert known.rating_written == 3 and back["XMP-xmp:Rating"] == back["XMP-musiqd:RatingWritten"] == "3"
+
+    exiftool("-q", "-overwrite_original", "-XMP-xmp:Rating=5", first.path)
+    forget_ours(first.path)
+    owner = write_score(raw, record(score=3.9), WritePolicy(), known_rating=3)
+    assert owner.rating_written is None and ours_read_back(first.path)[0]["XMP-xmp:Rating"] == "5"

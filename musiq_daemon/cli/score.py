@@ -103,7 +103,10 @@ def score(
                 try:
                     from musiq_daemon.metadata.writer import write_score
 
-                    written = write_score(Path(result.path), result, write_policy)
+                    known = _known_rating(db, Path(result.path), result.model_id)
+                    written = write_score(Path(result.path), result, write_policy, known_rating=known)
+                    for note in written.notes:
+                        typer.echo(f"musiqd: {note}", err=True)
                 except MusiqError as exc:
                     failures += 1
                     typer.echo(f"musiqd: not written: {exc.message}", err=True)
@@ -142,6 +145,16 @@ def _write_policy(
         "rating_model": None if rating_model.lower() == "none" else rating_model,
     }  # fmt: skip
     return WritePolicy(**kwargs)
+
+
+def _known_rating(db: IndexDB | None, path: Path, model_id: str) -> int | None:
+    """The stars musiqd last wrote for this photo, by the index (None without one)."""
+    if db is None:
+        return None
+    from musiq_daemon.index.records import last_rating_written
+
+    with db.session() as session:
+        return last_rating_written(session, path, model_id)
 
 
 def _record(db: IndexDB, path: Path, record: ScoreRecord, written: WriteResult | None) -> None:

@@ -478,9 +478,11 @@ def _file_gone(photo: Photo) -> bool:
     return root.is_dir() and not os.path.lexists(root / decode_path(photo.rel_path))
 
 
-def adopt_moved(session: Session, photo: Photo, content_hash: str, *, now: datetime | None = None) -> bool:
+def adopt_moved(
+    session: Session, photo: Photo, content_hash: str, *, now: datetime | None = None
+) -> Photo | None:
     """Give ``photo`` (a file new to the index) the scores of a vanished photo with the same content hash:
-    the same photo, moved or renamed. Whether anything was adopted.
+    the same photo, moved or renamed. Returns the vanished photo's row when anything was adopted.
 
     The vanished photo is one marked missing, or whose file no longer exists under a reachable root (a
     polling watcher can see the new name before the old one's deletion); of several, the one seen last.
@@ -489,8 +491,9 @@ def adopt_moved(session: Session, photo: Photo, content_hash: str, *, now: datet
     time (a copy across shares). Models ``photo`` already has scores for keep them. The vanished row stays,
     marked missing, with its remaining jobs dropped: its file is the one now known as ``photo``.
 
-    Only the index moves: metadata embedded in the photo travels with it, a sidecar left behind does not.
-    A duplicate whose original still exists is not a move; it is scored as a photo of its own.
+    Only the index moves here: metadata embedded in the photo travels with it, and the caller moves the
+    sidecars (:func:`musiq_daemon.metadata.writer.move_sidecars`, :func:`follow_sidecars`). A duplicate
+    whose original still exists is not a move; it is scored as a photo of its own.
     """
     moment = now or utc_now()
     if photo.content_hash is None:
@@ -502,13 +505,13 @@ def adopt_moved(session: Session, photo: Photo, content_hash: str, *, now: datet
     ).all()
     old = next((p for p in candidates if p.missing_since is not None or _file_gone(p)), None)
     if old is None:
-        return False
+        return None
     has_scores = set(session.scalars(select(Score.model_id).where(Score.photo_id == photo.id).distinct()))
     moved_models = (
         set(session.scalars(select(Score.model_id).where(Score.photo_id == old.id).distinct())) - has_scores
     )
     if not moved_models:
-        return False
+        return None
     session.execute(
         update(Score)
         .where(Score.photo_id == old.id, Score.model_id.in_(moved_models))
@@ -547,4 +550,15 @@ def adopt_moved(session: Session, photo: Photo, content_hash: str, *, now: datet
         old.missing_since = moment
     session.flush()
     session.expire(photo, ["scores", "jobs"])
-    return True
+    return old
+
+
+def follow_sidecars(session: Session, photo: Photo, moves: list[tuple[Path, Path]]) -> None:
+    """Point ``photo``'s scores at the sidecars' new names after they moved with the photo."""
+    for source, target in moves:
+        session.execute(
+            update(Score)
+            .where(Score.photo_id == photo.id, Score.written_path == encode_path(source))
+            .values(written_path=encode_path(target))
+            .execution_options(synchronize_session=False)
+        )

@@ -44,14 +44,15 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from musiq_daemon.daemon.queue import adopt_moved, enqueue
+from musiq_daemon.daemon.queue import adopt_moved, enqueue, follow_sidecars
 from musiq_daemon.decode import SUPPORTED_SUFFIXES
 from musiq_daemon.errors import DecodeError
 from musiq_daemon.index.models import Job, Photo, WrittenFile
-from musiq_daemon.index.paths import encode_path
+from musiq_daemon.index.paths import decode_path, encode_path
 from musiq_daemon.index.records import now, split_root, upsert_photo
 from musiq_daemon.metadata.content_hash import content_hash_file
 from musiq_daemon.metadata.safefile import TEMP_PREFIX, FileSignature
+from musiq_daemon.metadata.writer import move_sidecars
 
 if TYPE_CHECKING:
     from musiq_daemon.config import Config
@@ -223,7 +224,11 @@ def ingest_file(
     is_new = photo is None
     photo = upsert_photo(session, path, roots=list(roots))
     photo.content_hash = content_hash  # None when unknown: an older hash no longer describes the file
-    moved = is_new and content_hash is not None and adopt_moved(session, photo, content_hash)
+    old = adopt_moved(session, photo, content_hash) if is_new and content_hash is not None else None
+    moved = old is not None
+    if old is not None:  # the sidecars follow the photo (photo managers look for them by its name)
+        old_path = Path(decode_path(old.root)) / decode_path(old.rel_path)
+        follow_sidecars(session, photo, move_sidecars(old_path, path))
     # After a move only the models the old photo had no score of are queued (adopted jobs count as done).
     for model in models:
         enqueue(session, photo.id, model, force=not is_new)

@@ -61,7 +61,7 @@ from musiq_daemon.daemon import queue
 from musiq_daemon.daemon.queue import ClaimedJob
 from musiq_daemon.errors import DecodeError, MusiqError, ReadOnlyError
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.records import record_result, upsert_photo
+from musiq_daemon.index.records import last_rating_written, record_result, upsert_photo
 from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_score
 
 if TYPE_CHECKING:
@@ -315,7 +315,12 @@ class Worker:
 
     def _write(self, job: ClaimedJob, record: ScoreRecord) -> tuple[WriteResult | None, str | None]:
         try:
-            return write_score(job.path, record, self.write_policy), None
+            with self.db.session() as session:
+                known = last_rating_written(session, job.path, job.model_id, roots=[job.root])
+            written = write_score(job.path, record, self.write_policy, known_rating=known)
+            for line in written.notes:
+                log.warning("%s", line)
+            return written, "; ".join(written.notes) or None
         except (ReadOnlyError, DecodeError) as exc:
             log.warning("score of %s recorded in the index only: %s", job.path, exc)
             return None, f"score not written: {exc}"

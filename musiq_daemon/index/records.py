@@ -133,6 +133,28 @@ def record_written_file(session: Session, path: Path, signature: FileSignature) 
     session.flush()
 
 
+def last_rating_written(
+    session: Session, path: Path, model_id: str, *, roots: list[Path] | None = None
+) -> int | None:
+    """The stars musiqd last wrote for the photo at ``path`` with ``model_id``'s score, None when it never
+    wrote any. The writer uses it to recognise its own stars in a file a photo manager rewrote without
+    ``musiqd:RatingWritten`` (see :func:`musiq_daemon.metadata.writer.write_score`)."""
+    root, rel = split_root(path, roots)
+    stars: int | None = session.scalars(
+        select(Score.rating_written)
+        .join(Photo, Score.photo_id == Photo.id)
+        .where(
+            Photo.root == encode_path(root),
+            Photo.rel_path == encode_path(rel),
+            Score.model_id == model_id,
+            Score.rating_written.is_not(None),
+        )
+        .order_by(Score.scored_at.desc(), Score.id.desc())
+        .limit(1)
+    ).first()
+    return stars
+
+
 def record_result(
     session: Session,
     path: Path,

@@ -91,9 +91,12 @@ new version of a photo whose size did not change.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -317,6 +320,50 @@ def sidecar_targets(photo: Path, naming: SidecarNaming) -> list[tuple[Path, bool
     if existing:
         return [(p, True) for p in existing]
     return [((stem_names or appended_names)[0] if naming == "replace" else appended_names[0], False)]
+
+
+def move_sidecars(old: Path, new: Path) -> list[tuple[Path, Path]]:
+    """Rename the sidecars of a photo that moved from ``old`` to ``new`` (the daemon saw the same content
+    appear under a new name) so that photo managers still find them: ``old.ext.xmp`` becomes
+    ``new.ext.xmp``, and ``old.xmp`` (when ``old`` owned that name) becomes ``new.xmp`` when ``new`` owns
+    it, else ``new.ext.xmp``. Nothing happens while ``old`` still exists (a copy, not a move), and a sidecar
+    is never moved onto an existing file (a photo manager may have moved it already). Returns the
+    (from, to) pairs moved; a sidecar that cannot be moved is logged and left where it is."""
+    if os.path.lexists(old):
+        return []
+    candidates = [(old.with_name(old.name + s), new.with_name(new.name + s)) for s in (".xmp", ".XMP")]
+    if _owns_stem_sidecar(old):
+        owns = _owns_stem_sidecar(new)
+        candidates += [
+            (old.with_suffix(s), new.with_suffix(s) if owns else new.with_name(new.name + s))
+            for s in (".xmp", ".XMP")
+        ]
+    moved: list[tuple[Path, Path]] = []
+    seen: set[tuple[int, int]] = set()
+    for source, target in candidates:
+        try:
+            info = source.lstat()
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in seen or not stat.S_ISREG(info.st_mode):
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        if os.path.lexists(target):
+            log.info("sidecar %s not moved with its photo: %s exists", _display(str(source)), target.name)
+            continue
+        try:
+            try:
+                source.rename(target)  # (a sidecar is not a photo: no atomic-replace dance needed)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copy2(source, target)
+                source.unlink()
+        except OSError as exc:
+            log.warning("sidecar %s not moved with its photo: %s", _display(str(source)), exc.strerror or exc)
+            continue
+        moved.append((source, target))
+    return moved
 
 
 def _owns_stem_sidecar(photo: Path) -> bool:
@@ -816,6 +863,7 @@ __all__ = [
     "WritePolicy",
     "WriteResult",
     "WrittenFile",
+    "move_sidecars",
     "sidecar_targets",
     "write_score",
 ]
