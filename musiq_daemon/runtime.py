@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import gc
 import logging
 import os
+import re
+import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -61,29 +65,111 @@ class Backend(Protocol):
 
 #: Held while file descriptor 2 points elsewhere. Native code writes to the descriptor, not to
 #: ``sys.stderr``, so the redirection is process-wide: two threads redirecting at once would each save the
-#: other's /dev/null and one would "restore" it for good (every later log line lost), and a log line written
-#: meanwhile would vanish. Redirections therefore take turns, and the daemon's log handler takes this lock
-#: too, so its lines wait out a redirection instead of going to /dev/null.
+#: other's capture file and one would "restore" it for good (every later log line lost), and a log line
+#: written meanwhile would vanish. Redirections therefore take turns, and the daemon's log handler takes this
+#: lock too, so its lines wait out a redirection instead of going into the capture.
 STDERR_LOCK = threading.RLock()
+#: How deep the thread holding :data:`STDERR_LOCK` is in :func:`_quiet_stderr` (only that thread touches it).
+_quiet_depth = 0
+#: At most this much captured native output is kept for the debug log.
+_CAPTURE_LIMIT = 64 * 1024
+
+
+@dataclass
+class NativeOutput:
+    """What native code wrote on file descriptor 2 during a :func:`_quiet_stderr` block (set on exit)."""
+
+    text: str = ""
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence native log spam (LiteRT prints dozens of lines on CompiledModel creation)."""
-    with STDERR_LOCK:
-        try:
-            saved = os.dup(2)
-        except OSError:
-            yield
-            return
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
+def _quiet_stderr() -> Iterator[NativeOutput]:
+    """Capture native messages on file descriptor 2 (LiteRT prints dozens of lines when it creates a
+    CompiledModel, and more when it destroys one) and log them at debug level instead.
+
+    Nothing may log from inside the block: fd 2 is the capture file there. Blocks nest; only the outermost
+    redirects, captures and logs (an inner one's ``text`` stays empty). The capture is logged after fd 2 is
+    back and the lock released, so a log handler that waits for the lock cannot deadlock with it.
+    """
+    global _quiet_depth
+    output = NativeOutput()
+    try:
+        with STDERR_LOCK:
+            if _quiet_depth:
+                _quiet_depth += 1
+                try:
+                    yield output
+                finally:
+                    _quiet_depth -= 1
+                return
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 at all: nothing to silence
+                yield output
+                return
+            try:
+                capture = _capture_file()
+                try:
+                    os.dup2(capture.fileno(), 2)
+                    _quiet_depth = 1
+                    try:
+                        yield output
+                    finally:
+                        _quiet_depth = 0
+                        os.dup2(saved, 2)
+                finally:
+                    output.text = _read_capture(capture)
+                    capture.close()
+            finally:
+                os.close(saved)
+    finally:
+        for line in output.text.splitlines():
+            if line.strip():
+                log.debug("native: %s", line.rstrip())
+
+
+#: For other modules whose native code prints on fd 2 (LibRaw's "<file>: Unexpected end of file").
+capture_native_stderr = _quiet_stderr
+
+
+def _capture_file() -> IO[bytes]:
+    try:
+        return tempfile.TemporaryFile(prefix="musiqd-native-")
+    except OSError:  # no writable temp folder: silence without keeping the text
+        return Path(os.devnull).open("w+b")
+
+
+def _read_capture(capture: IO[bytes]) -> str:
+    try:
+        capture.seek(0)
+        return capture.read(_CAPTURE_LIMIT).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class _Natives:
+    """One backend's LiteRT objects (model or interpreter, and the GPU's tensor buffers).
+
+    A backend keeps them here and nowhere else, so that :func:`_release` can drop them while fd 2 is
+    captured: LiteRT prints ``DestroyAccelerator`` lines when a model's environment goes, and a finalizer
+    runs before the backend's own attributes are cleared.
+    """
+
+    __slots__ = ("inputs", "model", "outputs")
+
+    def __init__(self, model: Any) -> None:
+        self.model: Any = model
+        self.inputs: list[Any] = []
+        self.outputs: list[Any] = []
+
+
+def _release(natives: _Natives) -> None:
+    """Drop a backend's native objects with fd 2 captured. Runs from ``close()``, when the garbage
+    collector takes the backend, or at interpreter exit (``weakref.finalize``), whichever comes first."""
+    with _quiet_stderr():
+        natives.model = None
+        natives.inputs = []
+        natives.outputs = []
 
 
 class CpuBackend:
@@ -96,30 +182,39 @@ class CpuBackend:
 
         try:
             with _quiet_stderr():
-                self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+                interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(
                 f"cannot load model {model_path}: {exc}; re-create it with 'musiqd models convert'"
             ) from None
-        inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
+        self._natives = _Natives(interpreter)
+        del interpreter
+        self._finalizer = weakref.finalize(self, _release, self._natives)
+        inputs = self._natives.model.get_input_details()
+        outputs = self._natives.model.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1 or int(inputs[0]["shape"][-1]) != TOKEN_DIM:
+            self.close()
             raise ModelFileError(f"{model_path} is not a musiqd MUSIQ model (unexpected inputs/outputs)")
         self._input = int(inputs[0]["index"])
         self._output = int(outputs[0]["index"])
         self._length = -1
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        interpreter = self._natives.model
         length = batch.shape[1]
         if length != self._length:
-            self._interpreter.resize_tensor_input(self._input, [1, length, TOKEN_DIM], strict=False)
+            interpreter.resize_tensor_input(self._input, [1, length, TOKEN_DIM], strict=False)
             with _quiet_stderr():  # XNNPACK logs "INFO: Created ... delegate" when it is applied
-                self._interpreter.allocate_tensors()
+                interpreter.allocate_tensors()
             self._length = length
-        self._interpreter.set_tensor(self._input, batch)
-        self._interpreter.invoke()
-        out: npt.NDArray[np.float32] = np.array(self._interpreter.get_tensor(self._output), np.float32)
+        interpreter.set_tensor(self._input, batch)
+        interpreter.invoke()
+        out: npt.NDArray[np.float32] = np.array(interpreter.get_tensor(self._output), np.float32)
         return out.reshape(-1)
+
+    def close(self) -> None:
+        """Free the interpreter now (quietly); the backend cannot run afterwards."""
+        self._finalizer()
 
 
 class GpuBackend:
@@ -137,23 +232,28 @@ class GpuBackend:
             cpu_options=CpuOptions(num_threads=threads),
         )
         with _quiet_stderr():
-            self._model = CompiledModel.from_file(str(model_path), options=options)
+            self._natives = _Natives(CompiledModel.from_file(str(model_path), options=options))
+        self._finalizer = weakref.finalize(self, _release, self._natives)
         self._num_outputs = num_outputs
         self._length = -1
-        self._inputs: list[object] = []
-        self._outputs: list[object] = []
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        natives = self._natives
         length = batch.shape[1]
         if length != self._length:
-            self._model.resize_input_tensor(0, [1, length, TOKEN_DIM])
-            self._inputs = self._model.create_input_buffers(0)
-            self._outputs = self._model.create_output_buffers(0)
+            with _quiet_stderr():  # the buffers they replace are freed in here too
+                natives.model.resize_input_tensor(0, [1, length, TOKEN_DIM])
+                natives.inputs = natives.model.create_input_buffers(0)
+                natives.outputs = natives.model.create_output_buffers(0)
             self._length = length
-        self._inputs[0].write(batch)  # type: ignore[attr-defined]
-        self._model.run_by_index(0, self._inputs, self._outputs)
-        out = self._outputs[0].read(self._num_outputs, np.float32)  # type: ignore[attr-defined]
+        natives.inputs[0].write(batch)
+        natives.model.run_by_index(0, natives.inputs, natives.outputs)
+        out = natives.outputs[0].read(self._num_outputs, np.float32)
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def close(self) -> None:
+        """Free the compiled model, its buffers and its LiteRT environment now (quietly)."""
+        self._finalizer()
 
 
 def vulkan_available() -> bool:
@@ -170,6 +270,50 @@ def _probe_batch() -> npt.NDArray[np.float32]:
     tokens[:, -2] = rng.integers(0, 3, size=n)
     tokens[:, -1] = 1.0
     return tokens[None]
+
+
+def _try_gpu(model_path: Path, threads: int, num_outputs: int) -> tuple[GpuBackend | None, str]:
+    """The GPU backend if it loads and agrees with the CPU on a probe input, else ``(None, why not)``.
+
+    Creation, probe and the destruction of a GPU that failed all happen in one captured section: LiteRT
+    prints ``DestroyAccelerator`` lines when the environment of a model that could not be created goes,
+    and until the ``except`` clause ends that environment is still held by the exception's traceback.
+    """
+    gpu: GpuBackend | None = None
+    reason = ""
+    error = ""
+    with _quiet_stderr() as native:
+        try:
+            gpu = GpuBackend(model_path, threads, num_outputs)
+            probe = _probe_batch()
+            got = gpu.run(probe)
+            cpu = CpuBackend(model_path, threads)
+            want = cpu.run(probe)
+            cpu.close()
+            scale = float(np.max(np.abs(want))) or 1.0
+            err = float(np.max(np.abs(got - want))) / scale
+            if not np.all(np.isfinite(got)) or err > GPU_AGREEMENT:
+                reason = f"the GPU's output disagrees with the CPU's (relative error {err:.3g})"
+        except (RuntimeError, ValueError, OSError) as exc:
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = "no usable GPU"
+        if reason and gpu is not None:
+            gpu.close()
+            gpu = None
+        gc.collect()  # whatever of a failed GPU is left in reference cycles goes here, not at exit
+    if error:
+        reason = f"no usable GPU ({_native_error(native.text) or error})"
+    return gpu, reason
+
+
+#: A LiteRT / absl error line: ``ERROR: [file.cc:123] message`` or ``E0000 00:00:... file.cc:123] message``.
+_NATIVE_ERROR = re.compile(r"^(?:ERROR: \[[^\]]*\]|E\d{4} [^\]]*\])\s*(\S.*)$", re.MULTILINE)
+
+
+def _native_error(text: str) -> str:
+    """The first error LiteRT printed, without its source location ("" when it printed none)."""
+    match = _NATIVE_ERROR.search(text)
+    return match.group(1).strip() if match else ""
 
 
 @dataclass
@@ -205,24 +349,13 @@ def open_engine(model_path: Path, *, num_outputs: int, device: str = "auto", thr
         log.info("inference on CPU (XNNPACK, %d threads): %s", threads, model_path.name)
         return engine
 
-    reason: str
     if not vulkan_available():
         reason = "no Vulkan loader (libvulkan.so.1) is installed"
     else:
-        try:
-            gpu = GpuBackend(model_path, threads, num_outputs)
-            probe = _probe_batch()
-            got = gpu.run(probe)
-            want = CpuBackend(model_path, threads).run(probe)
-            scale = float(np.max(np.abs(want))) or 1.0
-            err = float(np.max(np.abs(got - want))) / scale
-            if not np.all(np.isfinite(got)) or err > GPU_AGREEMENT:
-                reason = f"the GPU's output disagrees with the CPU's (relative error {err:.3g})"
-            else:
-                log.info("inference on GPU (LiteRT WebGPU/Vulkan): %s", model_path.name)
-                return Engine(model_path, gpu, threads)
-        except (RuntimeError, ValueError, OSError) as exc:
-            reason = f"no usable GPU ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        gpu, reason = _try_gpu(model_path, threads, num_outputs)
+        if gpu is not None:
+            log.info("inference on GPU (LiteRT WebGPU/Vulkan): %s", model_path.name)
+            return Engine(model_path, gpu, threads)
     if device == "gpu":
         raise DeviceError(
             f"--device gpu: {reason}; a GPU needs libvulkan1 and a hardware Vulkan driver "

@@ -376,8 +376,11 @@ def test_unparseable_xmp_is_not_overwritten(originals: dict[str, Path], tmp_path
         and "badxmp.jpg.xmp" in result.notes[0]
     )
     assert result.rating_written is None  # the photo's EXIF holds the owner's 2 stars
-    back = dump(result.path, args=("-XMP-xmp:Rating", "-XMP-musiqd:KoniqScore"))[0]
-    assert "Rating" not in back and back["KoniqScore"] == "3.500"
+    back = dump(result.path, args=("-XMP-xmp:Rating", "-XMP-musiqd:RatingWritten", "-XMP-musiqd:KoniqScore"))[
+        0
+    ]
+    # The owner's stars (from EXIF) are carried over, never musiqd's.
+    assert back["Rating"] == "2" and "RatingWritten" not in back and back["KoniqScore"] == "3.500"
 
 
 def test_read_only_directory_is_refused(originals: dict[str, Path], tmp_path: Path) -> None:

@@ -191,7 +191,10 @@ def test_an_in_camera_rating_is_the_users(raw_bytes: bytes, tmp_path: Path) -> N
     exiftool("-q", "-overwrite_original", "-XMP-xmp:Rating=3", raw)  # cameras store their rating like this
     result = write_score(raw, record(score=3.5), WritePolicy())
     back = ours_read_back(tmp_path / "IMG_1234.dng.xmp")[0]
-    assert result.rating_written is None and "XMP-xmp:Rating" not in back
+    # The owner's stars are carried into the new sidecar (darktable shows a sidecar without stars as 1 star)
+    # and stay the owner's.
+    assert result.rating_written is None and back["XMP-xmp:Rating"] == "3"
+    assert "XMP-musiqd:RatingWritten" not in back
     assert back["XMP-dc:Subject"] == ["musiq-koniq-4"]
 
 

@@ -355,12 +355,13 @@ def _shown(prop: _Property) -> str:
     return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
-def flatten(data: bytes) -> list[tuple[str, str]]:
-    """Every value of the packet ``data`` as sorted (path, value) pairs (see the module doc)."""
+def flatten(data: bytes, *, ordered: bool = True) -> list[tuple[str, str]]:
+    """Every value of the packet ``data`` as (path, value) pairs (see the module doc): sorted, or in
+    document order when not ``ordered``."""
     out: list[tuple[str, str]] = []
     for prop in _top_level(extract(data)):
         out += [(f"{prop.name}{path}", value) for path, value in prop.values]
-    return sorted(out)
+    return sorted(out) if ordered else out
 
 
 def property_values(raw: bytes, name: str) -> list[str]:

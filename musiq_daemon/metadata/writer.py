@@ -271,10 +271,10 @@ def write_score(
         finally:
             _log_native(messages, label)
     if not files:
-        inherited = _embedded_ratings(data, fmt, label)
+        embedded = _embedded_state(data, fmt, label)
         del data  # a RAW can be large; the sidecar step does not need it
         files = tuple(
-            _write_sidecar(sidecar, exists, plan, inherited)
+            _write_sidecar(sidecar, exists, plan, embedded)
             for sidecar, exists in sidecar_targets(path, policy.sidecar_naming)
         )
         if notes:
@@ -554,7 +554,7 @@ def _exif_int(exif: Any, key: str) -> int | None:
         return None
 
 
-def _write_sidecar(path: Path, exists: bool, plan: _Plan, inherited: tuple[int | None, ...]) -> WrittenFile:
+def _write_sidecar(path: Path, exists: bool, plan: _Plan, embedded: _Embedded) -> WrittenFile:
     label = _display(str(path))
     if exists:
         data, signature = read_snapshot(path)
@@ -565,19 +565,52 @@ def _write_sidecar(path: Path, exists: bool, plan: _Plan, inherited: tuple[int |
     except packet.UnrepairableError as exc:
         raise DecodeError(f"{label}: {exc}; musiqd never overwrites a sidecar it cannot read") from None
     image = _open_sidecar(prepared.data, label)
-    before = _Foreign.of(image)
-    applied = _apply(image.xmpData(), None, plan, inherited, label, None)
+    if signature is None:
+        _seed(image.xmpData(), embedded)
+    before = _Foreign.of(image) if signature is not None else None
+    applied = _apply(image.xmpData(), None, plan, embedded.ratings, label, None)
     if not applied.changed and signature is not None:  # (a new sidecar always changes)
         return WrittenFile(path, signature, False, applied.rating_written)
     if signature is not None:
         _check_writable(path, label)
     new = _serialise(image, label)
     del image
-    _verify(_open_sidecar(new, label), plan, applied, before, label)
+    check = _open_sidecar(new, label)
+    if before is None:  # a new sidecar: the owner's values it was seeded with must read back
+        before = _Foreign.of(_seeded_sidecar(embedded, label))
+    _verify(check, plan, applied, before, label)
     new_signature = atomic_replace(
         path, new, expected=signature, preserve_mtime=plan.preserve_mtime and signature is not None
     )
     return WrittenFile(path, new_signature, True, applied.rating_written)
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """What a photo that gets a sidecar already says about itself: every rating value (as stars: they
+    decide whether the stars are the owner's), the owner's rating as written, and the owner's keywords
+    by container (IPTC keywords as ``dc:subject`` when there are no XMP keywords)."""
+
+    ratings: tuple[int | None, ...] = ()
+    rating_text: str | None = None
+    keywords: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+def _seed(xmp: Any, embedded: _Embedded) -> None:
+    """Start a new sidecar with the owner's stars and keywords from the photo: darktable takes a sidecar's
+    keywords instead of the photo's, and shows a sidecar without a rating as 1 star."""
+    if embedded.rating_text is not None:
+        ours.set_text(xmp, ours.XMP_RATING_KEY, embedded.rating_text)
+    for key, items in embedded.keywords.items():
+        if items:
+            default = exiv2.TypeId.xmpSeq if key == ours.TAGS_LIST_KEY else exiv2.TypeId.xmpBag
+            ours.set_items(xmp, key, items, default)
+
+
+def _seeded_sidecar(embedded: _Embedded, label: str) -> Any:
+    image = _open_sidecar(_NEW_SIDECAR, label)
+    _seed(image.xmpData(), embedded)
+    return _open_sidecar(_serialise(image, label), label)
 
 
 def _apply(
@@ -607,12 +640,13 @@ def _apply(
         ) from None
 
 
-def _embedded_ratings(data: bytes, fmt: str, label: str) -> tuple[int | None, ...]:
-    """The ratings stored in a photo that gets a sidecar (e.g. set in camera, or the owner's stars in XMP
-    the toolkit cannot parse: every value counts, read tolerantly); none when the format is unreadable
-    (some RAW formats), which then leaves the decision to the sidecar."""
+def _embedded_state(data: bytes, fmt: str, label: str) -> _Embedded:
+    """:class:`_Embedded` for a photo that gets a sidecar (e.g. stars set in camera, or the owner's stars
+    in XMP the toolkit cannot parse: every value counts, read tolerantly); empty when the format is
+    unreadable (some RAW formats), which then leaves the decision to the sidecar."""
     raw_packet: bytes | None = None
     exif: dict[str, int] = {}
+    iptc_keywords: list[str] = []
     if fmt in containers.SPLICED_FORMATS:
         try:
             layout = containers.read_layout(data, fmt)
@@ -622,27 +656,59 @@ def _embedded_ratings(data: bytes, fmt: str, label: str) -> tuple[int | None, ..
             raw_packet = layout.packet
             entries = containers.exif_ratings(layout.exif)
             exif = {key: entries[tag].value for tag, key in _EXIF_KEYS.items() if tag in entries}
-    else:
-        with native_log.exiv2_messages() as messages:
-            try:
-                image = exiv2.ImageFactory.open(data)
-                image.readMetadata()
+    with native_log.exiv2_messages() as messages:
+        try:
+            image = exiv2.ImageFactory.open(data)
+            image.readMetadata()
+            if raw_packet is None:
                 raw_packet = str(image.xmpPacket()).encode("utf-8") or None
                 exif_data = image.exifData()
                 exif = {k: v for k in _EXIF_KEYS.values() if (v := _exif_int(exif_data, k)) is not None}
-            except exiv2.Exiv2Error:
-                pass
-        _log_native(messages, label)
+            iptc_keywords = [
+                str(d.toString()) for d in image.iptcData() if str(d.key()) == "Iptc.Application2.Keywords"
+            ]
+        except exiv2.Exiv2Error:
+            pass
+    _log_native(messages, label)
     values: list[int | None] = []
+    rating_texts: list[str] = []
+    keywords: dict[str, list[str]] = {}
     if raw_packet:
-        for key, percent in ((ours.XMP_RATING_KEY, False), (ours.MS_RATING_KEY, True)):
-            for text in packet.property_values(raw_packet, ours.packet_path(key)):
-                values.append(ours.stars_value(text, percent=percent))
+        rating_texts = packet.property_values(raw_packet, ours.packet_path(ours.XMP_RATING_KEY))
+        values += [ours.stars_value(t, percent=False) for t in rating_texts]
+        values += [
+            ours.stars_value(t, percent=True)
+            for t in packet.property_values(raw_packet, ours.packet_path(ours.MS_RATING_KEY))
+        ]
+        keywords = _keyword_items(raw_packet)
     if ours.EXIF_RATING_KEY in exif:
         values.append(exif[ours.EXIF_RATING_KEY])
     if ours.EXIF_RATING_PERCENT_KEY in exif:
         values.append(ours.stars_from_percent(exif[ours.EXIF_RATING_PERCENT_KEY]))
-    return tuple(values)
+    if not any(keywords.values()) and iptc_keywords:
+        keywords = {ours.SUBJECT_KEY: list(dict.fromkeys(iptc_keywords))}
+    rating_text = rating_texts[0] if len(set(rating_texts)) == 1 else None
+    if rating_text is None and not rating_texts and exif.get(ours.EXIF_RATING_KEY):
+        rating_text = str(exif[ours.EXIF_RATING_KEY])
+    if rating_text is not None and ours.stars_value(rating_text, percent=False) in (0, None):
+        rating_text = None  # unrated (or unreadable): nothing to carry over
+    return _Embedded(tuple(values), rating_text, keywords)
+
+
+def _keyword_items(raw_packet: bytes) -> dict[str, list[str]]:
+    """The owner's keywords in each keyword container of a packet, read tolerantly (musiqd's own left
+    out: a new sidecar gets them from the write itself)."""
+    try:
+        pairs = packet.flatten(raw_packet, ordered=False)
+    except packet.UnrepairableError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for key in ours.KEYWORD_CONTAINERS:
+        base = ours.packet_path(key)
+        items = [v for p, v in pairs if p.startswith(base + "[") and re.fullmatch(r"\[\d+\]", p[len(base) :])]
+        if items:
+            out[key] = [i for i in dict.fromkeys(items) if not ours.is_any_own_keyword(key, i)]
+    return out
 
 
 # --- verification ------------------------------------------------------------------------------------------

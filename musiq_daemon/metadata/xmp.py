@@ -79,6 +79,7 @@ a keyword that is already right stays where it is. Parents that Lightroom adds t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
@@ -152,6 +153,9 @@ def register_namespace() -> None:
         if not _namespace_ready:
             exiv2.XmpParser.initialize()
             exiv2.XmpProperties.registerNs(NAMESPACE_URI, NAMESPACE_PREFIX)
+            # The reference from a JPEG's standard XMP to its extended XMP (written when a packet is split).
+            with contextlib.suppress(exiv2.Exiv2Error):
+                exiv2.XmpProperties.registerNs("http://ns.adobe.com/xmp/note/", "xmpNote")
             _namespace_ready = True
 
 
@@ -454,11 +458,16 @@ def owner_keywords(xmp: Any, model_id: str | None = None) -> dict[str, list[str]
     """The owner's keywords in each container that exists (musiqd's own bucket keywords of ``model_id``,
     or of any model when None, left out)."""
     out: dict[str, list[str]] = {}
-    for key in _KEYWORD_CONTAINERS:
+    for key in KEYWORD_CONTAINERS:
         items = get_items(xmp, key)
         if items is not None:
             out[key] = [i for i in items if not _is_any_own(key, i, model_id)]
     return out
+
+
+def is_any_own_keyword(key: str, item: str, model_id: str | None = None) -> bool:
+    """:func:`is_own_keyword` for ``model_id``, or for any model when None."""
+    return _is_any_own(key, item, model_id)
 
 
 def _is_any_own(key: str, item: str, model_id: str | None) -> bool:
@@ -567,7 +576,7 @@ def _ours_by_record(state: RatingState, known_rating: int | None) -> bool:
 
 # --- what a write must leave alone (for verification) ------------------------------------------------------
 
-_KEYWORD_CONTAINERS: Final = (SUBJECT_KEY, HIERARCHICAL_KEY, TAGS_LIST_KEY, MS_KEYWORDS_KEY)
+KEYWORD_CONTAINERS: Final = (SUBJECT_KEY, HIERARCHICAL_KEY, TAGS_LIST_KEY, MS_KEYWORDS_KEY)
 _RATING_KEYS: Final = frozenset({XMP_RATING_KEY, MS_RATING_KEY, RATING_WRITTEN_KEY, RATING_MODEL_KEY})
 _EXIF_RATING_KEYS: Final = frozenset({EXIF_RATING_KEY, EXIF_RATING_PERCENT_KEY})
 # Tags whose values are positions in the file: a rewrite may legitimately move what they point to.
@@ -607,7 +616,7 @@ def foreign_differences(
     exactly the owner's keywords carried over from the others (:func:`carried_keywords`)."""
     own = packet_path(struct_key(model_id))
     skipped = {_HAS_EXTENDED, *(packet_path(k) for k in _RATING_KEYS)} if rating_owned else {_HAS_EXTENDED}
-    containers = {packet_path(k): k for k in _KEYWORD_CONTAINERS}
+    containers = {packet_path(k): k for k in KEYWORD_CONTAINERS}
 
     def split(pairs: Sequence[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
         plain: dict[str, str] = {}
@@ -636,7 +645,7 @@ def foreign_differences(
         for path in old_plain.keys() | new_plain.keys()
         if old_plain.get(path) != new_plain.get(path) and not (path in containers and path not in old_plain)
     )
-    for key in _KEYWORD_CONTAINERS:
+    for key in KEYWORD_CONTAINERS:
         if key in old_keywords:
             if new_keywords.get(key) != old_keywords[key]:
                 changed.append(packet_path(key))
