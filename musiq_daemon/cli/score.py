@@ -49,7 +49,7 @@ def score(
     write: bool = typer.Option(
         False, "--write", help="Write the score into the photos' metadata (XMP/EXIF)."
     ),
-    write_mode: str = typer.Option("embed", "--write-mode", help="embed (sidecars for RAW/HEIC) or sidecar."),
+    write_mode: str = typer.Option("embed", "--write-mode", help="embed (sidecars for RAW/HEIC), sidecar or index-only."),
     dng: str = typer.Option("sidecar", "--dng", help="DNG: sidecar (master untouched) or embed (Lightroom)."),
     sidecar_naming: str = typer.Option(
         "append", "--sidecar-naming", help="New sidecars: append (IMG.CR2.xmp) or replace (IMG.xmp)."
@@ -138,8 +138,10 @@ def _write_policy(
         return None
     from musiq_daemon.metadata.writer import WritePolicy
 
-    if mode not in ("embed", "sidecar"):
-        raise UsageError(f"unknown --write-mode '{mode}': choose embed or sidecar (or leave out --write)")
+    if mode not in ("embed", "sidecar", "index-only"):
+        raise UsageError(
+            f"unknown --write-mode '{mode}': choose embed, sidecar or index-only (or leave out --write)"
+        )
     kwargs: dict[str, Any] = {
         "mode": mode, "dng": dng, "sidecar_naming": naming, "preserve_mtime": preserve_mtime,
         "rating_model": None if rating_model.lower() == "none" else rating_model,
