@@ -49,7 +49,9 @@ def score(
     write: bool = typer.Option(
         False, "--write", help="Write the score into the photos' metadata (XMP/EXIF)."
     ),
-    write_mode: str = typer.Option("embed", "--write-mode", help="embed (sidecars for RAW/HEIC), sidecar or index-only."),
+    write_mode: str = typer.Option(
+        "embed", "--write-mode", help="embed (sidecars for RAW/HEIC), sidecar or index-only."
+    ),
     dng: str = typer.Option("sidecar", "--dng", help="DNG: sidecar (master untouched) or embed (Lightroom)."),
     sidecar_naming: str = typer.Option(
         "append", "--sidecar-naming", help="New sidecars: append (IMG.CR2.xmp) or replace (IMG.xmp)."

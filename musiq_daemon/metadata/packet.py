@@ -21,6 +21,7 @@ parser and its own reading of RDF, and:
 from __future__ import annotations
 
 import codecs
+import html
 import re
 import xml.parsers.expat
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ RDF_NS: Final = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 XML_NS: Final = "http://www.w3.org/XML/1998/namespace"
 X_NS: Final = "adobe:ns:meta/"
 XMP_NOTE_NS: Final = "http://ns.adobe.com/xmp/note/"
+XMP_MM_NS: Final = "http://ns.adobe.com/xap/1.0/mm/"
 
 # Spellings of one namespace that readers treat alike, and the XMP toolkit rewrites to the second.
 _URI_ALIASES: Final = {"http://ns.microsoft.com/photo/1.0": "http://ns.microsoft.com/photo/1.0/"}
@@ -277,7 +279,10 @@ def extract(raw: bytes) -> bytes:
     ends = list(_END.finditer(raw, start.start()))
     if not ends:
         raise UnrepairableError("its XMP is cut off (no end of the packet)")
-    body = raw[start.start() : ends[-1].end()]
+    # The longest well-formed candidate: writers that shrank a packet in place left the old end markup
+    # behind it ("</rdf:RDF></x:xmpmeta><?xpacket end?>" twice), and padding or garbage may follow.
+    candidates = [raw[start.start() : end.end()] for end in reversed(ends)]
+    body = next((c for c in candidates if _well_formed(c)), candidates[0])
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -285,6 +290,15 @@ def extract(raw: bytes) -> bytes:
             f"its XMP is not valid UTF-8 (byte {exc.start}); the right characters are unknown"
         ) from None
     return body
+
+
+def _well_formed(data: bytes) -> bool:
+    parser = xml.parsers.expat.ParserCreate()
+    try:
+        parser.Parse(data, True)
+    except xml.parsers.expat.ExpatError:
+        return False
+    return True
 
 
 def prepare(raw: bytes) -> Prepared:
@@ -372,6 +386,54 @@ def property_values(raw: bytes, name: str) -> list[str]:
     except UnrepairableError:
         return []
     return [value for prop in props if prop.name == name for path, value in prop.values if path == ""]
+
+
+def restore_empty_arrays(new: bytes, old: bytes) -> bytes:
+    """``new`` with the empty top-level arrays of ``old`` that it lacks (the XMP toolkit drops an empty
+    ``rdf:Alt``), each declared with its own namespace in the first description, so nothing the owner had
+    goes away."""
+    have = {prop.name for prop in _top_level(extract(new))}
+    missing = [
+        (prop.node.uri, prop.node.local, prop.values[0][1][1:-1], _prefix_of(prop.node))
+        for prop in _top_level(extract(old))
+        if prop.node is not None
+        and prop.name not in have
+        and prop.values in ([("", "<Alt>")], [("", "<Bag>")], [("", "<Seq>")])
+    ]
+    rdf = _find_rdf(_parse(new)) if missing else None
+    description = next((c for c in rdf.children if c.local == "Description"), None) if rdf else None
+    if description is None:
+        return new
+    known = {uri: prefix for prefix, uri in description.prefixes.items() if prefix}
+    inserted = bytearray()
+    for uri, local, kind, prefix in missing:
+        if uri in known:  # the toolkit wants one prefix per namespace
+            inserted += f"<{known[uri]}:{local}><rdf:{kind}/></{known[uri]}:{local}>".encode()
+        else:
+            name = f"{prefix}:{local}"
+            inserted += f'<{name} xmlns:{prefix}="{html.escape(uri)}"><rdf:{kind}/></{name}>'.encode()
+    if description.end == description.tag_end:  # <rdf:Description .../>
+        head = description.tag_end - 2
+        return new[:head] + b">" + bytes(inserted) + b"</rdf:Description>" + new[description.tag_end :]
+    close = new.rfind(b"</", description.start, description.end)
+    return new[:close] + bytes(inserted) + new[close:]
+
+
+def _prefix_of(node: _Node) -> str:
+    return next((p for p, u in node.prefixes.items() if u == node.uri and p), "ns0")
+
+
+def about(raw: bytes) -> str | None:
+    """The first non-empty ``rdf:about`` of the packet's descriptions (None when all are empty)."""
+    try:
+        rdf = _find_rdf(_parse(extract(raw)))
+    except UnrepairableError:
+        return None
+    for description in rdf.children if rdf is not None else []:
+        value = description.attr(RDF_NS, "about")
+        if value:
+            return value
+    return None
 
 
 def merge_extended(standard: bytes, extended: bytes) -> bytes:

@@ -92,6 +92,7 @@ new version of a photo whose size did not change.
 from __future__ import annotations
 
 import errno
+import html
 import logging
 import os
 import re
@@ -430,7 +431,12 @@ def _write_embedded(
     if not applied.changed:
         return WrittenFile(path, signature, False, applied.rating_written), prepared.repairs
     _check_writable(path, label)
+    about = _keep_about(xmp, prepared.data)
     standard, extended = _encode(xmp, label)
+    if about:
+        standard = standard.replace(b'rdf:about=""', b'rdf:about="' + about + b'"')
+    if prepared.data:
+        standard = packet.restore_empty_arrays(standard, prepared.data)
     patched = {tag: exif_out[key] for tag, key in _EXIF_KEYS.items() if exif_out.get(key) != exif.get(key)}
     new_exif = containers.patch_exif(layout.exif, patched) if layout.exif is not None and patched else None
     try:
@@ -472,6 +478,20 @@ _STANDARD_ONLY: Final = re.compile(
     r"Xmp\.(musiqd|xmpNote|MicrosoftPhoto)\.|Xmp\.xmp\.Rating\Z|Xmp\.dc\.subject\Z|"
     r"Xmp\.lr\.hierarchicalSubject\Z|Xmp\.digiKam\.TagsList\Z|Xmp\.xmp\.Label\Z"
 )
+
+
+def _keep_about(xmp: Any, old_packet: bytes) -> bytes:
+    """The packet's ``rdf:about`` (Windows writes ``uuid:...``), escaped for an attribute; the XMP toolkit
+    turns it into an ``xmpMM:InstanceID`` property, which is taken back out (it was never one)."""
+    about = packet.about(old_packet)
+    if not about:
+        return b""
+    key = "Xmp.xmpMM.InstanceID"
+    if ours.get_text(xmp, key) == about and not packet.property_values(
+        old_packet, packet.XMP_MM_NS + "InstanceID"
+    ):
+        del xmp[key]
+    return html.escape(about, quote=True).encode("utf-8")
 
 
 def _encode(xmp: Any, label: str) -> tuple[bytes, bytes | None]:
