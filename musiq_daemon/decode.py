@@ -56,6 +56,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from musiq_daemon.errors import DecodeError
+from musiq_daemon.runtime import capture_native_stderr
 
 U8 = npt.NDArray[np.uint8]
 _Item = TypeVar("_Item", bound=np.generic)
@@ -795,10 +796,11 @@ def open_raw(source: Path | bytes, request: _Request, fmt: str) -> Iterator[rawp
     also those raised while it is used, become one-line :class:`DecodeError`s."""
     raw = rawpy.RawPy()
     try:
-        if isinstance(source, Path):
-            raw.open_file(str(source))
-        else:
-            raw.open_buffer(io.BytesIO(source))
+        with capture_native_stderr():  # LibRaw reports data errors on fd 2, also while parsing
+            if isinstance(source, Path):
+                raw.open_file(str(source))
+            else:
+                raw.open_buffer(io.BytesIO(source))
         yield raw
     except DecodeError:
         raise
@@ -821,6 +823,8 @@ def _decode_raw(source: Path | bytes, fmt: str, request: _Request) -> DecodedIma
         found = _raw_preview(raw, wanted, request) if wanted is not None else None
         if found is None:
             half = wanted is None or max(width, height) // 2 >= wanted
+            with capture_native_stderr():  # LibRaw prints "<file>: Unexpected end of file" on fd 2
+                raw.unpack()
             pixels = raw.postprocess(half_size=half, use_camera_wb=True, output_bps=8, user_flip=0)
             found = pixels, "raw-half-demosaic" if half else "raw-demosaic"
     pixels, source_label = found

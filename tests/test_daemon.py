@@ -550,7 +550,7 @@ def test_systemd_notify_journal_single_instance_and_sigterm(
     for i in range(30):
         (root / f"busy-{i}.jpg").write_bytes(photo_bytes(900 + i))
     wait_state(d.db, [root / "busy-0.jpg"])
-    assert (root / "busy-0.xmp").is_file()
+    assert (root / "busy-0.jpg.xmp").is_file()
     assert (root / "busy-0.jpg").read_bytes() == photo_bytes(900)
     code, seconds = d.stop()
     assert code == 0 and seconds < 5.0, (code, seconds, d.logs()[-2000:])
