@@ -301,10 +301,29 @@ def _well_formed(data: bytes) -> bool:
     return True
 
 
+def _dropped(raw: bytes, data: bytes) -> str:
+    """What :func:`extract` left out of ``raw``, in words."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "re-encoded it from UTF-16 to UTF-8"
+    at = raw.find(data)
+    if at < 0:
+        return "dropped bytes around the packet"
+    parts = []
+    if raw.startswith(codecs.BOM_UTF8):
+        parts.append("a byte-order mark before it")
+    elif at:
+        parts.append(f"{at} bytes before it")
+    after = len(raw) - at - len(data)
+    if after:
+        nul = not raw[at + len(data) :].strip(b"\0")
+        parts.append(f"{after} {'NUL ' if nul else ''}bytes after its end")
+    return "dropped " + " and ".join(parts)
+
+
 def prepare(raw: bytes) -> Prepared:
     """:func:`extract`, then exact duplicate properties (and struct fields) removed; see the module doc."""
     data = extract(raw)
-    repairs = [] if data == raw else ["dropped bytes around the packet"]
+    repairs = [] if data == raw else [_dropped(raw, data)]
     removals: list[tuple[int, int]] = []
     described: list[str] = []
     _plan_removals(data, _top_level(data), removals, described)

@@ -49,6 +49,7 @@ from musiq_daemon.model.config import (
     expected_shapes,
 )
 from musiq_daemon.model.reference import GN_ROOT_EPSILON, GN_UNIT_EPSILON, GROUPS, LN_EPSILON
+from musiq_daemon.runtime import capture_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,8 @@ def _import_tensorflow() -> Any:
     # drops INFO and WARNING lines (a dozen per conversion) and keeps errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf
+        with capture_native_stderr():  # oneDNN's notice, printed natively at import
+            import tensorflow as tf
     except ImportError:
         raise ConversionError(_TF_MISSING) from None
     return tf
@@ -367,7 +369,8 @@ def _convert(
         elif variant == "dynamic-int8":
             # No representative dataset: int8 weights, float activations quantized on the fly.
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        flatbuffer = converter.convert()
+        with capture_native_stderr():  # the MLIR converter logs natively, whatever the Python log level
+            flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises a zoo of types, often with pages of MLIR dump
         raise ConversionError(f"TFLite conversion ({variant}) failed: {_first_line(exc)}") from None
     return bytes(flatbuffer)
