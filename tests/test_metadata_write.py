@@ -26,7 +26,7 @@ from musiq_daemon.errors import (
     ReadOnlyError,
     UsageError,
 )
-from musiq_daemon.metadata import safefile, writer
+from musiq_daemon.metadata import containers, safefile, writer
 from musiq_daemon.metadata import xmp as ours
 from musiq_daemon.metadata.content_hash import content_hash
 from musiq_daemon.metadata.safefile import FileSignature
@@ -554,3 +554,20 @@ def test_only_our_own_bucket_keywords_are_replaced() -> None:
     assert ours.get_items(data, ours.SUBJECT_KEY) == ["musiq-koniq", "trip", "musiq-koniq-4"]
     assert data[ours.SUBJECT_KEY].typeId() == exiv2.TypeId.xmpSeq  # a Seq written by another tool stays one
     assert ours.TAGS_LIST_KEY not in data
+
+
+def test_tiff_iptc_and_photoshop_blocks_are_kept_byte_for_byte(
+    originals: dict[str, Path], tmp_path: Path
+) -> None:
+    """exiv2 rewrites a TIFF whole and sees only the first IPTC block: the writer compares the raw IPTC and
+    Photoshop entries before and after, not only what exiv2 reads."""
+    photo = copy(originals, "unrated-tif", tmp_path)
+    exiftool("-q", "-overwrite_original", "-IPTC:By-line=Someone", "-IPTC:Credit=Agency", photo)
+    blobs = containers.tiff_blobs(photo.read_bytes())
+    assert blobs[containers.TIFF_IPTC].count(b"\x1c\x02") >= 2
+
+    assert write_score(photo, record(), WritePolicy()).target == "embedded"
+
+    assert containers.tiff_blobs(photo.read_bytes()) == blobs
+    back = dump(photo, args=("-IPTC:all",))[0]
+    assert back["By-line"] == "Someone" and back["Credit"] == "Agency"

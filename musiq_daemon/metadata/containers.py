@@ -403,3 +403,32 @@ def patch_exif(tiff: bytes, values: dict[int, int]) -> bytes:
         if entry is not None:
             struct.pack_into(entry.fmt, out, entry.at, value)
     return bytes(out)
+
+
+TIFF_IPTC: Final = 33723  # IPTC-NAA
+TIFF_PHOTOSHOP: Final = 34377  # Photoshop image resources (where further IPTC blocks live)
+_TIFF_SIZES: Final = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+
+
+def tiff_blobs(data: bytes, tags: tuple[int, ...] = (TIFF_IPTC, TIFF_PHOTOSHOP)) -> dict[int, bytes]:
+    """The raw bytes of IFD0 entries of a classic TIFF (IPTC and Photoshop blocks by default): what a
+    metadata library that rewrites the file must copy as they are. Empty when the file is not readable
+    as such."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return {}
+    order = "<" if data[:2] == b"II" else ">"
+    out: dict[int, bytes] = {}
+    try:
+        first = struct.unpack_from(order + "I", data, 4)[0]
+        count = struct.unpack_from(order + "H", data, first)[0]
+        for i in range(count):
+            at = first + 2 + 12 * i
+            tag, kind, number = struct.unpack_from(order + "HHI", data, at)
+            if tag not in tags or kind not in _TIFF_SIZES:
+                continue
+            size = number * _TIFF_SIZES[kind]
+            where = at + 8 if size <= 4 else struct.unpack_from(order + "I", data, at + 8)[0]
+            out[tag] = data[where : where + size]
+    except struct.error:
+        return {}
+    return out

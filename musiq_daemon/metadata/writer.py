@@ -562,6 +562,9 @@ def _write_embedded_tiff(
     check = _open(new, label)
     _verify(check, plan, applied, before, label)
     del check
+    # The library sees only the first IPTC block of a Photoshop resource: compare the raw blocks too.
+    if containers.tiff_blobs(new) != containers.tiff_blobs(data):
+        _refuse(["other metadata would change (IPTC or Photoshop resources)"], label)
     new_signature = atomic_replace(path, new, expected=signature, preserve_mtime=plan.preserve_mtime)
     return WrittenFile(path, new_signature, True, applied.rating_written)
 
