@@ -56,7 +56,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from musiq_daemon.errors import DecodeError
-from musiq_daemon.runtime import capture_native_stderr
+from musiq_daemon.native_log import capture_native_stderr
 
 U8 = npt.NDArray[np.uint8]
 _Item = TypeVar("_Item", bound=np.generic)

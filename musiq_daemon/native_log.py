@@ -1,4 +1,10 @@
-"""libexiv2's log messages: collected per photo and turned into one line that names it, never printed raw.
+"""Native libraries' messages: collected per photo, or captured to the debug log, never printed raw.
+
+Two kinds: libexiv2's log messages (below) and what native code writes straight on file descriptor 2
+(LiteRT creating and destroying accelerators, LibRaw's "Unexpected end of file", TensorFlow's converter):
+:func:`capture_native_stderr`, at the end of this module.
+
+libexiv2's log messages: collected per photo and turned into one line that names it.
 
 python-exiv2 hands libexiv2's messages (``LogMsg``; warnings and errors by default) to the Python logger
 ``exiv2``. Left alone they reach stderr as ``WARNING exiv2: Directory Image: Next pointer is out of
@@ -23,10 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import IO, Final
 
 import exiv2
 
@@ -143,3 +152,87 @@ def summarise(label: str, messages: Sequence[NativeMessage], library: str = "exi
 
 
 install()
+
+
+# --- native output on file descriptor 2 (LiteRT, LibRaw, TensorFlow's converter) -------------------------
+
+#: Held while file descriptor 2 points elsewhere. Native code writes to the descriptor, not to
+#: ``sys.stderr``, so the redirection is process-wide: two threads redirecting at once would each save the
+#: other's capture file and one would "restore" it for good (every later log line lost), and a log line
+#: written meanwhile would vanish. Redirections therefore take turns, and the daemon's log handler takes this
+#: lock too, so its lines wait out a redirection instead of going into the capture.
+STDERR_LOCK = threading.RLock()
+#: How deep the thread holding :data:`STDERR_LOCK` is in :func:`capture_native_stderr` (only that thread
+#: touches it).
+_quiet_depth = 0
+#: At most this much captured native output is kept for the debug log.
+_CAPTURE_LIMIT = 64 * 1024
+
+
+@dataclass
+class NativeOutput:
+    """What native code wrote on file descriptor 2 during a :func:`capture_native_stderr` block (set on
+    exit)."""
+
+    text: str = ""
+
+
+@contextlib.contextmanager
+def capture_native_stderr() -> Iterator[NativeOutput]:
+    """Capture native messages on file descriptor 2 (LiteRT prints dozens of lines when it creates a
+    CompiledModel, and more when it destroys one) and log them at debug level instead.
+
+    Nothing may log from inside the block: fd 2 is the capture file there. Blocks nest; only the outermost
+    redirects, captures and logs (an inner one's ``text`` stays empty). The capture is logged after fd 2 is
+    back and the lock released, so a log handler that waits for the lock cannot deadlock with it.
+    """
+    global _quiet_depth
+    output = NativeOutput()
+    try:
+        with STDERR_LOCK:
+            if _quiet_depth:
+                _quiet_depth += 1
+                try:
+                    yield output
+                finally:
+                    _quiet_depth -= 1
+                return
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 at all: nothing to silence
+                yield output
+                return
+            try:
+                capture = _capture_file()
+                try:
+                    os.dup2(capture.fileno(), 2)
+                    _quiet_depth = 1
+                    try:
+                        yield output
+                    finally:
+                        _quiet_depth = 0
+                        os.dup2(saved, 2)
+                finally:
+                    output.text = _read_capture(capture)
+                    capture.close()
+            finally:
+                os.close(saved)
+    finally:
+        for line in output.text.splitlines():
+            if line.strip():
+                log.debug("native: %s", line.rstrip())
+
+
+def _capture_file() -> IO[bytes]:
+    try:
+        return tempfile.TemporaryFile(prefix="musiqd-native-")
+    except OSError:  # no writable temp folder: silence without keeping the text
+        return Path(os.devnull).open("w+b")
+
+
+def _read_capture(capture: IO[bytes]) -> str:
+    try:
+        capture.seek(0)
+        return capture.read(_CAPTURE_LIMIT).decode("utf-8", "replace")
+    except OSError:
+        return ""

@@ -14,25 +14,21 @@ instead of paying a resize + re-allocation for each photo.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes.util
 import gc
 import logging
-import os
 import re
-import tempfile
-import threading
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from musiq_daemon.errors import DeviceError, ModelFileError, UsageError
 from musiq_daemon.model.config import TOKEN_DIM
+from musiq_daemon.native_log import capture_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -63,88 +59,8 @@ class Backend(Protocol):
         ...
 
 
-#: Held while file descriptor 2 points elsewhere. Native code writes to the descriptor, not to
-#: ``sys.stderr``, so the redirection is process-wide: two threads redirecting at once would each save the
-#: other's capture file and one would "restore" it for good (every later log line lost), and a log line
-#: written meanwhile would vanish. Redirections therefore take turns, and the daemon's log handler takes this
-#: lock too, so its lines wait out a redirection instead of going into the capture.
-STDERR_LOCK = threading.RLock()
-#: How deep the thread holding :data:`STDERR_LOCK` is in :func:`_quiet_stderr` (only that thread touches it).
-_quiet_depth = 0
-#: At most this much captured native output is kept for the debug log.
-_CAPTURE_LIMIT = 64 * 1024
-
-
-@dataclass
-class NativeOutput:
-    """What native code wrote on file descriptor 2 during a :func:`_quiet_stderr` block (set on exit)."""
-
-    text: str = ""
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[NativeOutput]:
-    """Capture native messages on file descriptor 2 (LiteRT prints dozens of lines when it creates a
-    CompiledModel, and more when it destroys one) and log them at debug level instead.
-
-    Nothing may log from inside the block: fd 2 is the capture file there. Blocks nest; only the outermost
-    redirects, captures and logs (an inner one's ``text`` stays empty). The capture is logged after fd 2 is
-    back and the lock released, so a log handler that waits for the lock cannot deadlock with it.
-    """
-    global _quiet_depth
-    output = NativeOutput()
-    try:
-        with STDERR_LOCK:
-            if _quiet_depth:
-                _quiet_depth += 1
-                try:
-                    yield output
-                finally:
-                    _quiet_depth -= 1
-                return
-            try:
-                saved = os.dup(2)
-            except OSError:  # no fd 2 at all: nothing to silence
-                yield output
-                return
-            try:
-                capture = _capture_file()
-                try:
-                    os.dup2(capture.fileno(), 2)
-                    _quiet_depth = 1
-                    try:
-                        yield output
-                    finally:
-                        _quiet_depth = 0
-                        os.dup2(saved, 2)
-                finally:
-                    output.text = _read_capture(capture)
-                    capture.close()
-            finally:
-                os.close(saved)
-    finally:
-        for line in output.text.splitlines():
-            if line.strip():
-                log.debug("native: %s", line.rstrip())
-
-
-#: For other modules whose native code prints on fd 2 (LibRaw's "<file>: Unexpected end of file").
-capture_native_stderr = _quiet_stderr
-
-
-def _capture_file() -> IO[bytes]:
-    try:
-        return tempfile.TemporaryFile(prefix="musiqd-native-")
-    except OSError:  # no writable temp folder: silence without keeping the text
-        return Path(os.devnull).open("w+b")
-
-
-def _read_capture(capture: IO[bytes]) -> str:
-    try:
-        capture.seek(0)
-        return capture.read(_CAPTURE_LIMIT).decode("utf-8", "replace")
-    except OSError:
-        return ""
+# Native messages on fd 2 are captured by :mod:`musiq_daemon.native_log` (see STDERR_LOCK there).
+_quiet_stderr = capture_native_stderr
 
 
 class _Natives:

@@ -24,7 +24,8 @@ from PIL import Image
 from musiq_daemon.errors import DeviceError
 from musiq_daemon.model.store import model_path
 from musiq_daemon.model.verify import sample_photos
-from musiq_daemon.runtime import capture_native_stderr, open_engine, vulkan_available
+from musiq_daemon.native_log import capture_native_stderr
+from musiq_daemon.runtime import open_engine, vulkan_available
 
 MUSIQD = [sys.executable, "-m", "musiq_daemon"]
 
@@ -148,7 +149,7 @@ def test_native_output_is_captured_then_logged_at_debug(
 ) -> None:
     """File descriptor 2 goes to a capture while native code runs (nested blocks share the outermost
     capture), comes back afterwards - also when the block raises - and what was written is logged."""
-    caplog.set_level(logging.DEBUG, logger="musiq_daemon.runtime")
+    caplog.set_level(logging.DEBUG, logger="musiq_daemon.native_log")
     with capture_native_stderr() as outer:
         os.write(2, b"outer noise\n")
         with capture_native_stderr() as inner:
@@ -160,7 +161,7 @@ def test_native_output_is_captured_then_logged_at_debug(
     assert capfd.readouterr().err == "back on stderr\n"
     assert outer.text == "outer noise\ninner noise\n" and inner.text == ""
     assert failed.text == "noise before a failure\n"
-    logged = [r.getMessage() for r in caplog.records if r.name == "musiq_daemon.runtime"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "musiq_daemon.native_log"]
     assert logged == ["native: outer noise", "native: inner noise", "native: noise before a failure"]
 
 

@@ -62,8 +62,8 @@ from musiq_daemon.index.models import DaemonState
 from musiq_daemon.index.paths import encode_path
 from musiq_daemon.index.records import now
 from musiq_daemon.metadata.safefile import cleanup_stale_temps
+from musiq_daemon.native_log import STDERR_LOCK
 from musiq_daemon.paths import data_dir
-from musiq_daemon.runtime import STDERR_LOCK
 
 if TYPE_CHECKING:
     from musiq_daemon.config import Config

@@ -49,7 +49,7 @@ from musiq_daemon.model.config import (
     expected_shapes,
 )
 from musiq_daemon.model.reference import GN_ROOT_EPSILON, GN_UNIT_EPSILON, GROUPS, LN_EPSILON
-from musiq_daemon.runtime import capture_native_stderr
+from musiq_daemon.native_log import capture_native_stderr
 
 log = logging.getLogger(__name__)
 
