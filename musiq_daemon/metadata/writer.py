@@ -498,9 +498,10 @@ def _encode(xmp: Any, label: str) -> tuple[bytes, bytes | None]:
     """The standard packet, and an extended one when everything does not fit one JPEG segment: the
     largest properties (never ours, the stars or the keywords) move to the extension, as the XMP
     specification describes."""
-    standard = _encode_packet(xmp, padding=2048)
-    if len(standard) <= containers.MAX_STANDARD:
-        return standard, None
+    for padding in (2048, 0):  # room for other programs to edit in place, when it fits
+        standard = _encode_packet(xmp, padding=padding)
+        if len(standard) <= containers.MAX_STANDARD:
+            return standard, None
     groups: dict[str, list[Any]] = {}
     for datum in xmp:
         key = str(datum.key())
