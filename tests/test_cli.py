@@ -167,3 +167,19 @@ def test_score_no_index(env: dict[str, str], photos: Path, tmp_path: Path) -> No
     assert not (tmp_path / "none.sqlite3").exists()
     run(["score", str(photos / "a.jpg"), "--variant", "fp32"], env)  # default index in the data dir
     assert (Path(env["MUSIQD_DATA_DIR"]) / "index.sqlite3").is_file()
+
+
+def test_score_write_reports_a_sidecar_fallback_in_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    """A photo whose XMP holds two different ratings: left untouched, the score goes to a sidecar, and
+    stderr has exactly one musiqd line that names the photo (JSON carries the same note)."""
+    import metadata_corpus
+
+    photo = metadata_corpus.build_photo(tmp_path, "panasonic_digikam_conflict").path
+    content = photo.read_bytes()
+    result = run(["score", str(photo), "--json", "--write", "--no-index"], env)
+    written = json.loads(result.stdout)["written"]
+    assert written["target"] == "sidecar" and written["path"] == str(photo) + ".xmp"
+    assert photo.read_bytes() == content and Path(written["path"]).is_file()
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"musiqd: {photo}: its XMP holds xmp:Rating twice with different values")
+    assert written["notes"] == [line.removeprefix("musiqd: ")]

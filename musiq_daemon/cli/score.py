@@ -122,6 +122,7 @@ def score(
                         "path": str(written.path) if written.path else None,
                         "changed": written.changed,
                         "rating": written.rating_written,
+                        "notes": list(written.notes),
                     }
                 typer.echo(json.dumps(data, ensure_ascii=False))
             else:
