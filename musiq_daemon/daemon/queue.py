@@ -492,7 +492,7 @@ def adopt_moved(
     marked missing, with its remaining jobs dropped: its file is the one now known as ``photo``.
 
     Only the index moves here: metadata embedded in the photo travels with it, and the caller moves the
-    sidecars (:func:`musiq_daemon.metadata.writer.move_sidecars`, :func:`follow_sidecars`). A duplicate
+    sidecars (:func:`musiq_daemon.metadata.sidecar.move_sidecars`, :func:`follow_sidecars`). A duplicate
     whose original still exists is not a move; it is scored as a photo of its own.
     """
     moment = now or utc_now()

@@ -52,7 +52,7 @@ from musiq_daemon.index.paths import decode_path, encode_path
 from musiq_daemon.index.records import now, split_root, upsert_photo
 from musiq_daemon.metadata.content_hash import content_hash_file
 from musiq_daemon.metadata.safefile import TEMP_PREFIX, FileSignature
-from musiq_daemon.metadata.writer import move_sidecars
+from musiq_daemon.metadata.sidecar import move_sidecars
 
 if TYPE_CHECKING:
     from musiq_daemon.config import Config
