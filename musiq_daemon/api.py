@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,57 +25,18 @@ from musiq_daemon.errors import MusiqError
 from musiq_daemon.model.reference import raw_score
 from musiq_daemon.model.store import InstalledModel, load_installed
 from musiq_daemon.preprocess import PatchSequence, ResolutionPolicy, limit_resolution, make_tokens
+from musiq_daemon.records import ScoreFailure, ScoreRecord
 from musiq_daemon.runtime import Engine, open_engine
+
+__all__ = ["ImageInput", "Prepared", "ScoreFailure", "ScoreRecord", "Scorer", "score", "score_batch"]
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
-class ScoreRecord:
-    """One photo scored by one model. Everything needed to trace and reproduce the score."""
+class Prepared:
+    """One photo decoded and patched, ready for :meth:`Scorer.infer`."""
 
-    score: float  # on the model's reported scale (scale_min..scale_max)
-    raw: float  # the model's own output (MOS 0..100, or the AVA 1..10 mean)
-    model_id: str
-    model_version: str  # sha256 prefix of the source checkpoint
-    variant: str
-    model_sha256: str  # the exact .tflite that ran
-    scale_min: float
-    scale_max: float
-    resolution_policy: str  # "max_side=1024" or "full": it changes the score, so it is recorded
-    device: str
-    num_tokens: int
-    scored_size: tuple[int, int]  # (height, width) of the native scale that was patched
-    stored_size: tuple[int, int]  # (width, height) of the photo as stored
-    source: str  # how pixels were obtained (full decode, DCT-scaled, RAW preview, ...)
-    format: str
-    orientation_applied: bool
-    scored_at: str  # ISO 8601 with the local zone offset
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, preprocess, inference
-    path: str | None = None
-
-    @property
-    def duration(self) -> float:
-        return sum(self.timings.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["scored_size"] = list(self.scored_size)
-        data["stored_size"] = list(self.stored_size)
-        data["duration"] = self.duration
-        return data
-
-
-@dataclass(frozen=True)
-class ScoreFailure:
-    """A photo that could not be scored, with a one-line reason (the batch goes on)."""
-
-    path: str | None
-    error: MusiqError
-
-
-@dataclass(frozen=True)
-class _Prepared:
     path: str | None
     decoded: DecodedImage
     sequence: PatchSequence
@@ -121,7 +82,7 @@ class Scorer:
             kwargs["max_pixels"] = self.max_pixels
         return decode_image(Path(image), **kwargs)
 
-    def prepare(self, image: ImageInput) -> _Prepared:
+    def prepare(self, image: ImageInput) -> Prepared:
         """Decode and patch one photo (the CPU work that can overlap the previous photo's inference)."""
         t0 = time.perf_counter()
         decoded = self._decode(image)
@@ -129,9 +90,9 @@ class Scorer:
         sequence = make_tokens(limit_resolution(decoded.pixels, self.policy))
         t2 = time.perf_counter()
         path = str(image) if isinstance(image, (str, Path)) else None
-        return _Prepared(path, decoded, sequence, {"decode": t1 - t0, "preprocess": t2 - t1})
+        return Prepared(path, decoded, sequence, {"decode": t1 - t0, "preprocess": t2 - t1})
 
-    def infer(self, prepared: _Prepared) -> ScoreRecord:
+    def infer(self, prepared: Prepared) -> ScoreRecord:
         t0 = time.perf_counter()
         output = self.engine.run(prepared.sequence.tokens)
         raw = raw_score(output)
@@ -169,14 +130,14 @@ class Scorer:
         A photo that fails yields a :class:`ScoreFailure` and the batch goes on.
         """
 
-        def prepare(image: ImageInput) -> _Prepared | ScoreFailure:
+        def prepare(image: ImageInput) -> Prepared | ScoreFailure:
             try:
                 return self.prepare(image)
             except MusiqError as exc:
                 return ScoreFailure(str(image) if isinstance(image, (str, Path)) else None, exc)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musiqd-decode") as pool:
-            pending: Future[_Prepared | ScoreFailure] | None = None
+            pending: Future[Prepared | ScoreFailure] | None = None
             for image in images:
                 following = pool.submit(prepare, image)
                 if pending is not None:
@@ -185,7 +146,7 @@ class Scorer:
             if pending is not None:
                 yield self._finish(pending.result())
 
-    def _finish(self, item: _Prepared | ScoreFailure) -> ScoreRecord | ScoreFailure:
+    def _finish(self, item: Prepared | ScoreFailure) -> ScoreRecord | ScoreFailure:
         if isinstance(item, ScoreFailure):
             return item
         try:

@@ -13,9 +13,9 @@ import typer
 from musiq_daemon.errors import MusiqError, UsageError
 
 if TYPE_CHECKING:
-    from musiq_daemon.api import ScoreRecord
     from musiq_daemon.index import IndexDB
     from musiq_daemon.metadata.writer import WritePolicy, WriteResult
+    from musiq_daemon.records import ScoreRecord
 
 # Heavy modules (the model runtime, image decoders, SQLAlchemy) are imported inside the command.
 

@@ -56,17 +56,14 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from musiq_daemon.api import Scorer, ScoreRecord
+from musiq_daemon.api import Prepared, Scorer
 from musiq_daemon.daemon import queue
 from musiq_daemon.daemon.queue import ClaimedJob
 from musiq_daemon.errors import DecodeError, MusiqError, ReadOnlyError
 from musiq_daemon.index.db import IndexDB
 from musiq_daemon.index.records import last_rating_written, record_result, upsert_photo
 from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_score
-
-if TYPE_CHECKING:
-    # Only as a type: what Scorer.prepare hands to Scorer.infer.
-    from musiq_daemon.api import _Prepared
+from musiq_daemon.records import ScoreRecord
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +108,7 @@ class _Deferral:
 
 if TYPE_CHECKING:
     #: Claimed jobs with their decode (done or under way), oldest first.
-    _Claimed = deque[tuple[ClaimedJob, Future[_Prepared | _Deferral | Exception]]]
+    _Claimed = deque[tuple[ClaimedJob, Future[Prepared | _Deferral | Exception]]]
 
 
 class _InterruptedError(MusiqError):
@@ -274,7 +271,7 @@ class Worker:
             return _Deferral("the file changed since it was queued", SETTLE_DELAY_S)
         return None
 
-    def _prepare(self, job: ClaimedJob) -> _Prepared | _Deferral | Exception:
+    def _prepare(self, job: ClaimedJob) -> Prepared | _Deferral | Exception:
         """Check and decode (in the decode thread: errors are returned, and raised by :meth:`_process`)."""
         try:
             if job.attempts > self.retries + 1:  # checked before decoding: decoding may be what kills it
@@ -289,7 +286,7 @@ class Worker:
         except Exception as exc:
             return exc
 
-    def _process(self, job: ClaimedJob, prepared: _Prepared | _Deferral | Exception) -> JobOutcome:
+    def _process(self, job: ClaimedJob, prepared: Prepared | _Deferral | Exception) -> JobOutcome:
         try:
             if isinstance(prepared, _Deferral):
                 return self._defer(job, prepared)

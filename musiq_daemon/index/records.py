@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from musiq_daemon.api import ScoreRecord
 from musiq_daemon.errors import MusiqError
 from musiq_daemon.index.models import Photo, Score, WrittenFile
 from musiq_daemon.index.paths import encode_path
 from musiq_daemon.metadata.capture import capture_time
 from musiq_daemon.metadata.content_hash import content_hash_file
 from musiq_daemon.metadata.safefile import FileSignature
+from musiq_daemon.records import ScoreRecord
 
 if TYPE_CHECKING:
     from musiq_daemon.metadata.writer import WriteResult

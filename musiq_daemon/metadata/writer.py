@@ -104,7 +104,6 @@ from typing import Any, Final, Literal, get_args
 import exiv2
 
 from musiq_daemon import native_log
-from musiq_daemon.api import ScoreRecord
 
 # The decoder's name formatting is shared so that every message shows a path the same way.
 from musiq_daemon.decode import _display, sniff_format
@@ -114,6 +113,7 @@ from musiq_daemon.metadata import xmp as ours
 from musiq_daemon.metadata.content_hash import content_hash
 from musiq_daemon.metadata.safefile import FileSignature, atomic_replace, read_snapshot
 from musiq_daemon.metadata.sidecar import SidecarNaming, move_sidecars, sidecar_targets
+from musiq_daemon.records import ScoreRecord
 
 log = logging.getLogger(__name__)
 
