@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select, text
 
 from musiq_daemon.api import ScoreRecord
 from musiq_daemon.errors import IndexDatabaseError, UsageError
 from musiq_daemon.index import IndexDB, ScoreQuery, open_index, run_query, stats
-from musiq_daemon.index.models import Base, Job
+from musiq_daemon.index.db import _alembic_config
+from musiq_daemon.index.models import Base, Job, Photo, Score
 from musiq_daemon.index.paths import decode_path, encode_path
 from musiq_daemon.index.records import record_score, upsert_photo
 
@@ -317,3 +319,71 @@ def test_fast_revision_check_agrees_with_alembic() -> None:
     head, known = _known_revisions()
     assert head == script.get_current_head()
     assert known == {rev.revision for rev in script.walk_revisions()}
+
+
+def test_one_row_per_photo_whichever_split_saw_it_first(tmp_path: Path, db_url: str) -> None:
+    """`musiqd score` on a sub-folder (no root: the folder is the key) and the daemon on the root above it
+    name the same photo: one row, keyed by the outermost root, whichever came first."""
+    root = tmp_path / "Photos"
+    (root / "2024" / "trip").mkdir(parents=True)
+    first, second = root / "2024" / "trip" / "a.jpg", root / "2024" / "b.jpg"
+    first.write_bytes(b"a")
+    second.write_bytes(b"b")
+    db = open_index(db_url)
+    try:
+        with db.session() as session:
+            by_folder = upsert_photo(session, first)  # score first
+            record_score(session, by_folder, make_record("koniq", 3.0))
+            by_root = upsert_photo(session, second, roots=[root])  # watch first
+        with db.session() as session:
+            assert upsert_photo(session, first, roots=[root]).id == by_folder.id  # then watch
+            assert upsert_photo(session, second).id == by_root.id  # then score
+        rows = list(run_query(db, ScoreQuery(model="koniq")))
+        assert [r.path for r in rows] == [str(first)]
+        with db.session() as session:
+            keys = sorted(session.execute(select(Photo.root, Photo.rel_path)).all())
+        assert keys == [(str(root), "2024/b.jpg"), (str(root), "2024/trip/a.jpg")]
+    finally:
+        db.close()
+
+
+def test_migration_merges_rows_of_one_photo(tmp_path: Path) -> None:
+    """An index written before one identity per photo: two rows for one file (a folder split from
+    `musiqd score`, a root split from the daemon) become one, with both rows' scores."""
+    from alembic import command
+
+    from musiq_daemon.index.db import _make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = _make_engine(url)
+    command.upgrade(_alembic_config(engine), "0002")
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        insert_photo = text(
+            "INSERT INTO photos (id, root, rel_path, size, mtime_ns, first_seen, last_seen) "
+            "VALUES (:id, :root, :rel, 1, 1, :t, :t)"
+        )
+        conn.execute(insert_photo, {"id": 1, "root": "/lib/2024", "rel": "a.jpg", "t": t0})
+        conn.execute(insert_photo, {"id": 2, "root": "/lib", "rel": "2024/a.jpg", "t": t0})
+        conn.execute(insert_photo, {"id": 3, "root": "/lib", "rel": "2024/b.jpg", "t": t0})
+        insert_score = text(
+            "INSERT INTO scores (photo_id, model_id, model_version, variant, is_latest, score, raw, "
+            "scale_min, scale_max, resolution_policy, device, num_tokens, duration_s, scored_at) "
+            "VALUES (:p, :m, :v, 'fp32', 1, :s, 0, 1, 5, 'full', 'cpu', 1, 0, :t)"
+        )
+        conn.execute(insert_score, {"p": 1, "m": "koniq", "v": "v1", "s": 3.1, "t": t0 + timedelta(days=2)})
+        conn.execute(insert_score, {"p": 2, "m": "koniq", "v": "v1", "s": 2.9, "t": t0 + timedelta(days=1)})
+        conn.execute(insert_score, {"p": 1, "m": "ava", "v": "v9", "s": 5.5, "t": t0})
+    engine.dispose()
+
+    db = open_index(url)
+    try:
+        with db.session() as session:
+            photos = session.execute(select(Photo.id, Photo.root, Photo.rel_path).order_by(Photo.id)).all()
+            scores = session.execute(
+                select(Score.photo_id, Score.model_id, Score.score, Score.is_latest).order_by(Score.model_id)
+            ).all()
+        assert photos == [(2, "/lib", "2024/a.jpg"), (3, "/lib", "2024/b.jpg")]
+        assert scores == [(2, "ava", 5.5, True), (2, "koniq", 3.1, True)]  # the newer koniq score stayed
+    finally:
+        db.close()

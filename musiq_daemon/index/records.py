@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.errors import MusiqError
@@ -36,6 +36,30 @@ def split_root(path: Path, roots: list[Path] | None = None) -> tuple[Path, Path]
     return path.parent, Path(path.name)
 
 
+def find_photo(session: Session, path: Path, *, roots: list[Path] | None = None) -> Photo | None:
+    """The row of the photo at ``path``, however it was keyed before.
+
+    A photo has one identity: its absolute path. It is stored as (root, relative path), the root being the
+    configured root it lies in, else its folder (:func:`split_root`); ``musiqd score`` on a sub-folder and
+    the daemon watching a root above it therefore see the same file under two splits. The row is found
+    under any split (one query over the file's ancestors) and keeps the outermost root: a row keyed by a
+    folder is re-keyed to a root above it, never the other way round.
+    """
+    root, rel = split_root(path, roots)
+    absolute = root / rel
+    splits = [(encode_path(a), encode_path(absolute.relative_to(a))) for a in absolute.parents]
+    rows = session.scalars(
+        select(Photo).where(or_(*(and_(Photo.root == r, Photo.rel_path == p) for r, p in splits)))
+    ).all()
+    if not rows:
+        return None
+    photo = min(rows, key=lambda row: len(row.root))  # the outermost root (several only in old indexes)
+    key_root = encode_path(root)
+    if len(key_root) < len(photo.root):  # a root above the row's: re-key it there
+        photo.root, photo.rel_path = key_root, encode_path(rel)
+    return photo
+
+
 def upsert_photo(
     session: Session,
     path: Path,
@@ -46,11 +70,12 @@ def upsert_photo(
     size_hw: tuple[int, int] | None = None,
     taken_at: datetime | None = None,
 ) -> Photo:
-    """The photo row for ``path``, created or refreshed from the file's current stat."""
+    """The photo row for ``path``, created or refreshed from the file's current stat (see
+    :func:`find_photo` for which row is the photo's)."""
     root, rel = split_root(path, roots)
     st = path.stat()
     key_root, key_rel = encode_path(root), encode_path(rel)
-    photo = session.scalars(select(Photo).where(Photo.root == key_root, Photo.rel_path == key_rel)).first()
+    photo = find_photo(session, path, roots=roots)
     seen = now()
     if photo is None:
         photo = Photo(
@@ -139,13 +164,13 @@ def last_rating_written(
     """The stars musiqd last wrote for the photo at ``path`` with ``model_id``'s score, None when it never
     wrote any. The writer uses it to recognise its own stars in a file a photo manager rewrote without
     ``musiqd:RatingWritten`` (see :func:`musiq_daemon.metadata.writer.write_score`)."""
-    root, rel = split_root(path, roots)
+    photo = find_photo(session, path, roots=roots)
+    if photo is None:
+        return None
     stars: int | None = session.scalars(
         select(Score.rating_written)
-        .join(Photo, Score.photo_id == Photo.id)
         .where(
-            Photo.root == encode_path(root),
-            Photo.rel_path == encode_path(rel),
+            Score.photo_id == photo.id,
             Score.model_id == model_id,
             Score.rating_written.is_not(None),
         )
