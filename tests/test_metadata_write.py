@@ -571,3 +571,21 @@ def test_tiff_iptc_and_photoshop_blocks_are_kept_byte_for_byte(
     assert containers.tiff_blobs(photo.read_bytes()) == blobs
     back = dump(photo, args=("-IPTC:all",))[0]
     assert back["By-line"] == "Someone" and back["Credit"] == "Agency"
+
+
+def test_several_models_in_one_write(originals: dict[str, Path], tmp_path: Path) -> None:
+    """Every model's values, keywords and the rating model's stars land in one replacement of the file."""
+    photo = copy(originals, "unrated-jpg", tmp_path)
+    before = FileSignature.of(photo)
+
+    result = writer.write_scores(photo, [record("koniq", 3.5), record("ava", 5.2)], WritePolicy())
+
+    after = FileSignature.of(photo)
+    assert result.changed and result.rating_written == 4 and after.inode != before.inode  # replaced once
+    back = ours_read_back(photo)[0]
+    assert back["XMP-musiqd:Koniq"]["Score"] == "3.500" and back["XMP-musiqd:Ava"]["Score"] == "5.200"
+    assert back["XMP-dc:Subject"] == [*USER_KEYWORDS, "musiq-koniq-4", "musiq-ava-3"]
+    again = writer.write_scores(photo, [record("koniq", 3.5), record("ava", 5.2)], WritePolicy())
+    assert not again.changed and FileSignature.of(photo) == after
+    with pytest.raises(UsageError):
+        writer.write_scores(photo, [record("koniq"), record("koniq")], WritePolicy())

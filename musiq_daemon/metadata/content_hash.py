@@ -48,16 +48,16 @@ from typing import Final
 import numpy as np
 import rawpy
 
-# The decoder's private helpers are shared so that both report unreadable files in the same words.
+# The decoder's helpers are shared so that both report unreadable files in the same words.
 from musiq_daemon.decode import (
     DEFAULT_MAX_PIXELS,
-    _display,
-    _one_line,
-    _os_error,
-    _read_head,
-    _Request,
+    DecodeRequest,
     decode_image,
+    display_name,
+    one_line,
     open_raw,
+    read_error,
+    read_head,
     sniff_format,
 )
 from musiq_daemon.errors import DecodeError
@@ -70,7 +70,7 @@ _HEAD_BYTES: Final = 4096
 def content_hash(data: bytes, *, path: Path | None = None) -> str:
     """The content hash of a photo's bytes, e.g. ``jpeg-scan:sha256:<64 hex digits>``. ``path`` (not
     read) names the file in messages and gives its suffix, which identifies some RAW formats."""
-    label = _display(str(path)) if path is not None else "<image data>"
+    label = display_name(str(path)) if path is not None else "<image data>"
     if not data:
         raise DecodeError(f"{label}: no image data (0 bytes)")
     fmt = sniff_format(data[:_HEAD_BYTES], path.suffix if path is not None else "")
@@ -81,8 +81,8 @@ def content_hash_file(path: Path) -> str:
     """:func:`content_hash` of a file. RAW and pixel-hashed files are decoded from the file directly, the
     others read into memory once."""
     path = Path(path)
-    label = _display(str(path))
-    head = _read_head(path, label)  # refuses directories, FIFOs and empty files with a clear message
+    label = display_name(str(path))
+    head = read_head(path, label)  # refuses directories, FIFOs and empty files with a clear message
     fmt = sniff_format(head, path.suffix)
     if fmt is not None and fmt.startswith("RAW:"):
         return _raw_hash(path, fmt, label)
@@ -91,7 +91,7 @@ def content_hash_file(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _os_error(exc, label) from None
+        raise read_error(exc, label) from None
     return _hash(data, fmt, label, source=path)
 
 
@@ -353,7 +353,7 @@ def _tiff_parts(raw: bytes, label: str) -> list[memoryview | bytes] | None:
 
 
 def _raw_hash(source: Path | bytes, fmt: str, label: str) -> str:
-    with open_raw(source, _Request(label, None, False, DEFAULT_MAX_PIXELS), fmt) as raw:
+    with open_raw(source, DecodeRequest(label, None, False, DEFAULT_MAX_PIXELS), fmt) as raw:
         try:
             sizes = raw.sizes
             if sizes.raw_width * sizes.raw_height > DEFAULT_MAX_PIXELS:
@@ -366,7 +366,7 @@ def _raw_hash(source: Path | bytes, fmt: str, label: str) -> str:
         except (DecodeError, rawpy.LibRawError, MemoryError, OSError):
             raise  # open_raw words them
         except Exception as exc:  # rawpy raises assorted types for images without a sensor mosaic
-            raise DecodeError(f"{label}: cannot read the RAW sensor data: {_one_line(exc)}") from None
+            raise DecodeError(f"{label}: cannot read the RAW sensor data: {one_line(exc)}") from None
     return f"raw-sensor:sha256:{digest.hexdigest()}"
 
 

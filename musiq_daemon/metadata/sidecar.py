@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import Literal
 
-from musiq_daemon.decode import RAW_SUFFIXES, SUPPORTED_SUFFIXES, _display
+from musiq_daemon.decode import RAW_SUFFIXES, SUPPORTED_SUFFIXES, display_name
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def move_sidecars(old: Path, new: Path) -> list[tuple[Path, Path]]:
             continue
         seen.add((info.st_dev, info.st_ino))
         if os.path.lexists(target):
-            log.info("sidecar %s not moved with its photo: %s exists", _display(str(source)), target.name)
+            log.info("sidecar %s not moved with its photo: %s exists", display_name(str(source)), target.name)
             continue
         try:
             try:
@@ -83,7 +83,9 @@ def move_sidecars(old: Path, new: Path) -> list[tuple[Path, Path]]:
                 shutil.copy2(source, target)
                 source.unlink()
         except OSError as exc:
-            log.warning("sidecar %s not moved with its photo: %s", _display(str(source)), exc.strerror or exc)
+            log.warning(
+                "sidecar %s not moved with its photo: %s", display_name(str(source)), exc.strerror or exc
+            )
             continue
         moved.append((source, target))
     return moved

@@ -95,7 +95,7 @@ import html
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -106,7 +106,7 @@ import exiv2
 from musiq_daemon import native_log
 
 # The decoder's name formatting is shared so that every message shows a path the same way.
-from musiq_daemon.decode import _display, sniff_format
+from musiq_daemon.decode import display_name, sniff_format
 from musiq_daemon.errors import DecodeError, ReadOnlyError, UsageError, WriteError
 from musiq_daemon.metadata import containers, packet
 from musiq_daemon.metadata import xmp as ours
@@ -217,9 +217,23 @@ def write_score(
     scored_at: str | None = None,
     known_rating: int | None = None,
 ) -> WriteResult:
-    """Write ``record`` (one model's score of the photo at ``path``) by ``policy``.
+    """Write ``record`` (one model's score of the photo at ``path``) by ``policy``: :func:`write_scores`
+    with one record."""
+    return write_scores(path, [record], policy, scored_at=scored_at, known_rating=known_rating)
 
-    ``scored_at`` (ISO 8601 with zone) defaults to the record's own, else now. ``known_rating``: the stars
+
+def write_scores(
+    path: Path,
+    records: Sequence[ScoreRecord],
+    policy: WritePolicy | None = None,
+    *,
+    scored_at: str | None = None,
+    known_rating: int | None = None,
+) -> WriteResult:
+    """Write ``records`` (one per model, of the photo at ``path``) by ``policy``, in one write: the file is
+    read, changed and replaced once whatever the number of models.
+
+    ``scored_at`` (ISO 8601 with zone) defaults to each record's own, else now. ``known_rating``: the stars
     the index says musiqd wrote for this photo last time (they stay musiqd's after a photo manager rewrote
     a sidecar without musiqd's record of them). Errors are :class:`~musiq_daemon.errors.MusiqError` with a
     one-line message, and the photo (and any sidecar) is then unchanged:
@@ -232,9 +246,10 @@ def write_score(
     path = Path(path)
     if policy.mode == "index-only":
         return WriteResult(None, "none", False, None, None, None)
-    model_id = ours.check_model_id(record.model_id)
-    when = _scored_at(scored_at if scored_at is not None else getattr(record, "scored_at", None))
-    label = _display(str(path))
+    if not records or len({r.model_id for r in records}) != len(records):
+        raise UsageError("write_scores needs one record per model, at least one")
+    model_ids = [ours.check_model_id(r.model_id) for r in records]
+    label = display_name(str(path))
 
     data, signature = read_snapshot(path)
     fmt = sniff_format(data[:_HEAD_BYTES], path.suffix)
@@ -242,15 +257,21 @@ def write_score(
         raise DecodeError(f"{label}: not a supported photo format; musiqd writes nothing into it")
     digest = content_hash(data, path=path)
     ours.register_namespace()
-    thresholds = policy.star_thresholds.get(model_id)
-    stars = ours.stars_for(record.score, thresholds) if thresholds is not None else None
-    plan = _Plan(
-        score=_model_score(record, model_id, when, digest),
-        keyword=ours.BucketKeyword(model_id, stars) if stars is not None and policy.keywords else None,
-        rating_stars=stars if model_id == policy.rating_model else None,
-        preserve_mtime=policy.preserve_mtime,
-        known_rating=known_rating,
-    )
+    models: list[_ModelPlan] = []
+    for record, model_id in zip(records, model_ids, strict=True):
+        when = _scored_at(scored_at if scored_at is not None else getattr(record, "scored_at", None))
+        thresholds = policy.star_thresholds.get(model_id)
+        stars = ours.stars_for(record.score, thresholds) if thresholds is not None else None
+        models.append(
+            _ModelPlan(
+                score=_model_score(record, model_id, when, digest),
+                keyword=ours.BucketKeyword(model_id, stars)
+                if stars is not None and policy.keywords
+                else None,
+                rating_stars=stars if model_id == policy.rating_model else None,
+            )
+        )
+    plan = _Plan(tuple(models), preserve_mtime=policy.preserve_mtime, known_rating=known_rating)
 
     notes: list[str] = []
     files: tuple[WrittenFile, ...] = ()
@@ -298,12 +319,23 @@ def _log_native(messages: list[native_log.NativeMessage], label: str) -> None:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _ModelPlan:
+    """One model's part of a write: its values, its bucket keyword and (for the rating model) its stars."""
+
     score: ours.ModelScore
     keyword: ours.BucketKeyword | None
     rating_stars: int | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    models: tuple[_ModelPlan, ...]
     preserve_mtime: bool
     known_rating: int | None = None
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return tuple(m.score.model_id for m in self.models)
 
 
 def _embeds(fmt: str, policy: WritePolicy) -> bool:
@@ -480,7 +512,7 @@ def _exif_int(exif: Any, key: str) -> int | None:
 
 
 def _write_sidecar(path: Path, exists: bool, plan: _Plan, embedded: _Embedded) -> WrittenFile:
-    label = _display(str(path))
+    label = display_name(str(path))
     if exists:
         data, signature = read_snapshot(path)
     else:
@@ -549,16 +581,22 @@ def _apply(
     """:func:`~musiq_daemon.metadata.xmp.apply_score` in memory; ``exif`` None for a sidecar. The EXIF
     rating entries to patch end up in ``exif_out``."""
     try:
-        return ours.apply_score(
-            xmp,
-            exif_out if exif_out is not None else exif,
-            plan.score,
-            keyword=plan.keyword,
-            rating_stars=plan.rating_stars,
-            mirrors=exif is not None,
-            inherited=inherited,
-            known_rating=plan.known_rating,
-        )
+        changed, rating_written = False, None
+        for model in plan.models:
+            applied = ours.apply_score(
+                xmp,
+                exif_out if exif_out is not None else exif,
+                model.score,
+                keyword=model.keyword,
+                rating_stars=model.rating_stars,
+                mirrors=exif is not None,
+                inherited=inherited,
+                known_rating=plan.known_rating,
+            )
+            changed |= applied.changed
+            if model.rating_stars is not None:
+                rating_written = applied.rating_written
+        return ours.Applied(changed, rating_written)
     except exiv2.Exiv2Error as exc:
         raise WriteError(
             f"{label}: cannot update its metadata ({_exiv2_message(exc)}); nothing was written"
@@ -662,11 +700,11 @@ class _Foreign:
             icc=bytes(image.iccProfile().data()) if image.iccProfileDefined() else None,
         )
 
-    def differences(self, other: _Foreign, model_id: str, *, rating_owned: bool) -> list[str]:
+    def differences(self, other: _Foreign, model_ids: Sequence[str], *, rating_owned: bool) -> list[str]:
         """What differs from ``other``, by kind; the stars count only when they are the user's."""
         out = (
             ["XMP"]
-            if ours.foreign_differences(self.xmp, other.xmp, model_id, rating_owned=rating_owned)
+            if ours.foreign_differences(self.xmp, other.xmp, model_ids, rating_owned=rating_owned)
             else []
         )
         checks = {
@@ -681,15 +719,17 @@ class _Foreign:
 
 def _check_own_values(xmp: Any, plan: _Plan, applied: ours.Applied) -> list[str]:
     """What of the new values does not read back from ``xmp`` (the toolkit's reading of the new bytes)."""
-    score = plan.score
     problems = []
-    if ours.read_model_fields(xmp, score.model_id) != dict(score.fields):
-        problems.append("the score did not read back")
+    for model in plan.models:
+        score = model.score
+        if ours.read_model_fields(xmp, score.model_id) != dict(score.fields):
+            problems.append(f"the {score.model_id} score did not read back")
+        subjects = ours.get_items(xmp, ours.SUBJECT_KEY) or []
+        if model.keyword is not None and model.keyword.leaf not in subjects:
+            problems.append(f"the {score.model_id} keyword did not read back")
     stars = applied.rating_written
     if stars is not None and ours.get_text(xmp, ours.XMP_RATING_KEY) != str(stars):
         problems.append("the rating did not read back")
-    if plan.keyword is not None and plan.keyword.leaf not in (ours.get_items(xmp, ours.SUBJECT_KEY) or []):
-        problems.append("the keyword did not read back")
     return problems
 
 
@@ -697,7 +737,7 @@ def _verify(check: Any, plan: _Plan, applied: ours.Applied, before: _Foreign, la
     """The re-parsed new bytes hold the new values and nothing else changed; else :class:`WriteError`."""
     problems = _check_own_values(check.xmpData(), plan, applied)
     changed = before.differences(
-        _Foreign.of(check), plan.score.model_id, rating_owned=applied.rating_written is not None
+        _Foreign.of(check), plan.model_ids, rating_owned=applied.rating_written is not None
     )
     if changed:
         problems.append(f"other metadata would change ({', '.join(changed)})")
@@ -735,7 +775,7 @@ def _verify_spliced(
     changed = ours.foreign_differences(
         packet.flatten(old_packet) if old_packet else [],
         packet.flatten(after.packet),
-        plan.score.model_id,
+        plan.model_ids,
         rating_owned=applied.rating_written is not None,
     )
     if changed:
@@ -860,4 +900,5 @@ __all__ = [
     "move_sidecars",
     "sidecar_targets",
     "write_score",
+    "write_scores",
 ]

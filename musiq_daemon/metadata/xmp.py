@@ -607,14 +607,19 @@ _HAS_EXTENDED: Final = "http://ns.adobe.com/xmp/note/HasExtendedXMP"
 
 
 def foreign_differences(
-    before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]], model_id: str, *, rating_owned: bool
+    before: Sequence[tuple[str, str]],
+    after: Sequence[tuple[str, str]],
+    model_ids: str | Sequence[str],
+    *,
+    rating_owned: bool,
 ) -> list[str]:
-    """What a write of ``model_id``'s score changed that is not musiqd's to change, comparing two packets
-    flattened by :func:`~musiq_daemon.metadata.packet.flatten`: everything but that model's struct,
-    musiqd's own bucket keywords of that model (the owner's keywords must stay, in order), the reference
+    """What a write of the scores of ``model_ids`` changed that is not musiqd's to change, comparing two
+    packets flattened by :func:`~musiq_daemon.metadata.packet.flatten`: everything but those models'
+    structs, musiqd's own bucket keywords of them (the owner's keywords must stay, in order), the reference
     to extended XMP, and the stars when musiqd owns them. A keyword container the write created may hold
     exactly the owner's keywords carried over from the others (:func:`carried_keywords`)."""
-    own = packet_path(struct_key(model_id))
+    models = [model_ids] if isinstance(model_ids, str) else list(model_ids)
+    owns = tuple(packet_path(struct_key(m)) for m in models)
     skipped = {_HAS_EXTENDED, *(packet_path(k) for k in _RATING_KEYS)} if rating_owned else {_HAS_EXTENDED}
     containers = {packet_path(k): k for k in KEYWORD_CONTAINERS}
 
@@ -623,11 +628,11 @@ def foreign_differences(
         keywords: dict[str, list[str]] = {}
         for path, value in pairs:
             base = path.split("[", 1)[0]
-            if base == own or base.startswith(own + "/") or base in skipped:
+            if base in owns or base.startswith(tuple(o + "/" for o in owns)) or base in skipped:
                 continue
             key = containers.get(base)
             if key is not None and path != base and re.fullmatch(r"\[\d+\]", path[len(base) :]):
-                if not is_own_keyword(key, value, model_id):
+                if not any(is_own_keyword(key, value, m) for m in models):
                     keywords.setdefault(key, []).append(value)
             elif key is not None and path == base:
                 keywords.setdefault(key, [])
