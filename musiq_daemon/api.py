@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,9 +28,21 @@ from musiq_daemon.preprocess import PatchSequence, ResolutionPolicy, limit_resol
 from musiq_daemon.records import ScoreFailure, ScoreRecord
 from musiq_daemon.runtime import Engine, open_engine
 
-__all__ = ["ImageInput", "Prepared", "ScoreFailure", "ScoreRecord", "Scorer", "score", "score_batch"]
+__all__ = [
+    "ImageInput",
+    "Prepared",
+    "ScoreFailure",
+    "ScoreRecord",
+    "Scorer",
+    "overlapped",
+    "score",
+    "score_batch",
+]
 
 ImageInput = str | Path | Image.Image | np.ndarray
+T = TypeVar("T")
+P = TypeVar("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,20 @@ class Prepared:
     decoded: DecodedImage
     sequence: PatchSequence
     timings: dict[str, float]
+
+
+def overlapped(items: Iterable[T], prepare: Callable[[T], P], finish: Callable[[P], R]) -> Iterator[R]:
+    """``finish(prepare(item))`` for each item in order, preparing the next item (decoding: CPU work that
+    releases the GIL) in a helper thread while the current one finishes (inference)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musiqd-decode") as pool:
+        pending: Future[P] | None = None
+        for item in items:
+            following = pool.submit(prepare, item)
+            if pending is not None:
+                yield finish(pending.result())
+            pending = following
+        if pending is not None:
+            yield finish(pending.result())
 
 
 class Scorer:
@@ -72,25 +98,38 @@ class Scorer:
     def device(self) -> str:
         return self.engine.device
 
-    def _decode(self, image: ImageInput) -> DecodedImage:
+    @property
+    def min_long_side(self) -> int | None:
+        """The long side a decoder must keep for this model (None: full resolution)."""
+        return self.policy.max_side
+
+    def decode(
+        self, image: ImageInput, *, min_long_side: int | Literal["own"] | None = "own"
+    ) -> DecodedImage:
+        """Decode one photo for this model (or, with ``min_long_side``, for the most demanding of several
+        models that share one decode)."""
         if isinstance(image, Image.Image):
             return from_pil(image)
         if isinstance(image, np.ndarray):
             return from_array(image)
-        kwargs: dict[str, Any] = {"min_long_side": self.policy.max_side}
+        side = self.min_long_side if min_long_side == "own" else min_long_side
+        kwargs: dict[str, Any] = {"min_long_side": side}
         if self.max_pixels is not None:
             kwargs["max_pixels"] = self.max_pixels
         return decode_image(Path(image), **kwargs)
 
+    def patch(self, decoded: DecodedImage, path: str | None, decode_s: float = 0.0) -> Prepared:
+        """The patch sequence of a decoded photo at this model's resolution policy."""
+        t0 = time.perf_counter()
+        sequence = make_tokens(limit_resolution(decoded.pixels, self.policy))
+        return Prepared(path, decoded, sequence, {"decode": decode_s, "preprocess": time.perf_counter() - t0})
+
     def prepare(self, image: ImageInput) -> Prepared:
         """Decode and patch one photo (the CPU work that can overlap the previous photo's inference)."""
         t0 = time.perf_counter()
-        decoded = self._decode(image)
-        t1 = time.perf_counter()
-        sequence = make_tokens(limit_resolution(decoded.pixels, self.policy))
-        t2 = time.perf_counter()
+        decoded = self.decode(image)
         path = str(image) if isinstance(image, (str, Path)) else None
-        return Prepared(path, decoded, sequence, {"decode": t1 - t0, "preprocess": t2 - t1})
+        return self.patch(decoded, path, time.perf_counter() - t0)
 
     def infer(self, prepared: Prepared) -> ScoreRecord:
         t0 = time.perf_counter()
@@ -136,15 +175,7 @@ class Scorer:
             except MusiqError as exc:
                 return ScoreFailure(str(image) if isinstance(image, (str, Path)) else None, exc)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musiqd-decode") as pool:
-            pending: Future[Prepared | ScoreFailure] | None = None
-            for image in images:
-                following = pool.submit(prepare, image)
-                if pending is not None:
-                    yield self._finish(pending.result())
-                pending = following
-            if pending is not None:
-                yield self._finish(pending.result())
+        return overlapped(images, prepare, self._finish)
 
     def _finish(self, item: Prepared | ScoreFailure) -> ScoreRecord | ScoreFailure:
         if isinstance(item, ScoreFailure):

@@ -82,16 +82,17 @@ def test_score_table_and_failures(env: dict[str, str], photos: Path) -> None:
     assert lines[0].split()[:2] == ["score", "raw"]
     assert len(lines) == 4  # header + three good photos
     errors = result.stderr.strip().splitlines()
-    assert len(errors) == 1 and "broken.jpg" in errors[0]
+    assert len(errors) == 2 and "broken.jpg" in errors[0]
+    assert errors[1].startswith("musiqd: 3 scored, 0 skipped") and " 1 failed in " in errors[1]
 
 
 @pytest.mark.parametrize(
     ("args", "rc", "text"),
     [
         (["score", "/nonexistent/photo.jpg"], 2, "does not exist"),
-        (["score", "--model", "nope", "."], 2, "unknown model 'nope'"),
+        (["score", "--model", "nope", "."], 2, 'unknown model "nope"'),
         (["score", "--model", "spaq", "."], 3, "musiqd models fetch spaq"),
-        (["score", "--device", "tpu", "."], 2, "unknown device"),
+        (["score", "--device", "tpu", "."], 2, 'device: unknown value "tpu"'),
         (["score", "--resolution", "huge", "."], 2, "huge"),
         (["models", "convert", "--checkpoint", "/nonexistent/koniq_ckpt.npz"], 3, "koniq_ckpt.npz"),
         (["models", "convert", "--checkpoint", "weird.npz"], 2, "pass --id"),
@@ -152,8 +153,13 @@ def test_score_write_and_index(env: dict[str, str], photos: Path, tmp_path: Path
     assert tags["XMP-musiqd:KoniqModelVersion"] == first["model_version"]
     assert tags["XMP-xmp:Rating"] == first["written"]["rating"]
     stat = photo.stat()
+    # A second run skips the photo: the index has its score and the file is as musiqd left it.
+    skipped = run(["score", str(photo), "--json", "--write", "--variant", "fp32", "--db", str(db)], env)
+    assert skipped.stdout == "" and "0 scored, 1 skipped" in skipped.stderr
     again = json.loads(
-        run(["score", str(photo), "--json", "--write", "--variant", "fp32", "--db", str(db)], env).stdout
+        run(
+            ["score", str(photo), "--json", "--write", "--force", "--variant", "fp32", "--db", str(db)], env
+        ).stdout
     )
     assert again["written"]["changed"] is False  # idempotent: the photo is not rewritten
     assert (photo.stat().st_mtime_ns, photo.stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
@@ -180,6 +186,36 @@ def test_score_write_reports_a_sidecar_fallback_in_one_line(env: dict[str, str],
     written = json.loads(result.stdout)["written"]
     assert written["target"] == "sidecar" and written["path"] == str(photo) + ".xmp"
     assert photo.read_bytes() == content and Path(written["path"]).is_file()
-    (line,) = result.stderr.splitlines()
+    line, summary = result.stderr.splitlines()
+    assert summary.startswith("musiqd: 1 scored, 0 skipped")
     assert line.startswith(f"musiqd: {photo}: its XMP holds xmp:Rating twice with different values")
     assert written["notes"] == [line.removeprefix("musiqd: ")]
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["query", "--min", "abc"], ["--min", "musiqd query --help"]),
+        (["score", "--threads", "0", "."], ["--threads", "musiqd score --help"]),
+        (["query", "--no-such-option"], ["--no-such-option", "musiqd query --help"]),
+        (["--no-such-option"], ["--no-such-option", "musiqd --help"]),
+        (["no-such-command"], ["no-such-command", "musiqd --help"]),
+    ],
+)
+def test_usage_errors_are_one_line(env: dict[str, str], args: list[str], names: list[str]) -> None:
+    """The option parser's errors look like every other: one line with the fix, exit code 2 (click's)."""
+    result = run(args, env, check_rc=2)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("musiqd: error: ") and result.stdout == "", result.stderr
+    # The command is named as the user ran it (here `python -m musiq_daemon`).
+    line = line.replace("python -m musiq_daemon", "musiqd")
+    assert all(name in line for name in names), line
+
+
+def test_help_speaks_to_users(env: dict[str, str]) -> None:
+    out = run(["--help"], env).stdout
+    text = " ".join(out.split()).lower()
+    assert "score photos" in text and "thin:" not in text  # what musiqd does, not how the module is built
+    commands = out.split("Commands:", 1)[1]
+    for command in ("score", "watch", "query", "status", "models"):
+        assert f"\n  {command} " in commands, command

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from musiq_daemon.cli.options import CONFIG_OPTION
+
 # The configuration module imports the metadata writer and the model runtime; commands import it when run,
 # so that `musiqd --help` stays fast.
 
@@ -15,15 +17,10 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-CONFIG_HELP = (
-    "Configuration file (default: $MUSIQD_CONFIG, $XDG_CONFIG_HOME/musiqd/config.toml, "
-    "/etc/musiqd/config.toml; the first that exists)."
-)
-
 
 @app.command("show")
 def show(
-    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP, dir_okay=False),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Print the effective configuration as TOML; a comment after each value says where it came from.
 
@@ -43,7 +40,7 @@ def show(
 
 @app.command("check")
 def check(
-    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP, dir_okay=False),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Validate the configuration: exit 0 if it is usable (warnings go to stderr), 2 if it is not."""
     from musiq_daemon.config import config_warnings, find_config_file, load_config

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from musiq_daemon.cli.query import DB_HELP
+from musiq_daemon.cli.options import PLAIN_DB_OPTION
 
 app = typer.Typer(help="Index database schema: show or upgrade it.", no_args_is_help=True)
 
 
 @app.command()
-def upgrade(database: str = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def upgrade(database: str = PLAIN_DB_OPTION) -> None:
     """Create the index or upgrade it to this version's schema."""
     from musiq_daemon.index.db import current_revision, open_index
 
@@ -20,7 +20,7 @@ def upgrade(database: str = typer.Option(None, "--db", help=DB_HELP)) -> None:
 
 
 @app.command()
-def current(database: str = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def current(database: str = PLAIN_DB_OPTION) -> None:
     """Print the index's schema revision and this version's."""
     from musiq_daemon.index.db import current_revision, head_revision, open_index
 

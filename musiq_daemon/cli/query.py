@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from musiq_daemon.catalogue import load_catalogue
+from musiq_daemon.cli.options import PLAIN_DB_OPTION
 from musiq_daemon.errors import UsageError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 # commands start faster without them.
 
 FORMATS = ("table", "json", "jsonl", "csv", "paths", "paths0")
-DB_HELP = "Index database: a file path or SQLAlchemy URL (default: $MUSIQD_DATABASE_URL or the data dir)."
 
 
 def _date(value: str | None, option: str) -> datetime | None:
@@ -54,7 +54,7 @@ def query(
     ),
     limit: int = typer.Option(None, "--limit", help="At most this many photos."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, paths or paths0."),
-    database: str = typer.Option(None, "--db", help=DB_HELP),
+    database: str = PLAIN_DB_OPTION,
 ) -> None:
     """Find photos by score. Exit codes: 0 found (or none); 2 bad options; 8 index unreadable or too new.
 
@@ -146,7 +146,7 @@ def _table(rows: Iterable[ResultRow]) -> None:
     Console(stderr=True).print(f"{count} photo{'s' if count != 1 else ''}", highlight=False)
 
 
-def show_stats(database: str = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def show_stats(database: str = PLAIN_DB_OPTION) -> None:
     """Photos, scores per model, queue, and a score histogram per model."""
     from musiq_daemon.index import open_index, stats
 

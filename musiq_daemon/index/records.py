@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,14 @@ from musiq_daemon.records import ScoreRecord
 
 if TYPE_CHECKING:
     from musiq_daemon.metadata.writer import WriteResult
+
+
+#: What makes two scores of a photo the same: model, model version, variant and resolution policy.
+ScoreKey = tuple[str, str, str, str]
+
+
+def score_key(record: ScoreRecord) -> ScoreKey:
+    return (record.model_id, record.model_version, record.variant, record.resolution_policy)
 
 
 def now() -> datetime:
@@ -188,33 +197,79 @@ def record_result(
     *,
     roots: list[Path] | None = None,
 ) -> Photo:
-    """Everything one scoring leaves in the index: the photo (stat, content hash, size, capture time), its
-    score with where it was written, and the signature of every file musiqd wrote (so the watcher
-    recognises its own writes). Used by ``musiqd score`` and by the daemon's worker."""
+    """:func:`record_results` for one model's score."""
+    return record_results(session, path, [record], written, roots=roots)
+
+
+def record_results(
+    session: Session,
+    path: Path,
+    records: Sequence[ScoreRecord],
+    written: WriteResult | None,
+    *,
+    roots: list[Path] | None = None,
+) -> Photo:
+    """Everything one scoring of a photo leaves in the index, in the caller's transaction: the photo (stat,
+    content hash, size, capture time), each model's score with where it was written (the stars with the
+    score of the model that set them), and the signature of every file musiqd wrote (so the watcher
+    recognises its own writes). Used by the pipeline for ``musiqd score`` and the daemon alike."""
     chash = written.content_hash if written is not None else None
     if chash is None:
         try:
             chash = content_hash_file(path)
         except MusiqError:
             chash = None  # the score stands; only move detection is lost for this photo
+    first = records[0]
     photo = upsert_photo(
         session,
         path,
         roots=roots,
         content_hash=chash,
-        fmt=record.format,
-        size_hw=(record.stored_size[1], record.stored_size[0]),
+        fmt=first.format,
+        size_hw=(first.stored_size[1], first.stored_size[0]),
         taken_at=capture_time(path),
     )
-    record_score(
-        session,
-        photo,
-        record,
-        written_to=written.target if written is not None else "none",
-        written_path=written.path if written is not None else None,
-        rating_written=written.rating_written if written is not None else None,
-    )
+    rating_model = written.rating_model if written is not None else None
+    for record in records:
+        record_score(
+            session,
+            photo,
+            record,
+            written_to=written.target if written is not None else "none",
+            written_path=written.path if written is not None else None,
+            rating_written=(
+                written.rating_written
+                if written is not None and (rating_model is None or rating_model == record.model_id)
+                else None
+            ),
+        )
     for file in written.files if written is not None else ():
         if file.changed:
             record_written_file(session, file.path, file.signature)
     return photo
+
+
+def already_scored(
+    session: Session, path: Path, wanted: Sequence[ScoreKey], *, roots: list[Path] | None = None
+) -> bool:
+    """Whether the photo at ``path``, as it is now, has a latest score for every (model, version, variant,
+    resolution policy) in ``wanted``. The file counts as unchanged when its size and modification time are
+    those recorded (musiqd records them after its own writes), else when its content hash is."""
+    photo = find_photo(session, path, roots=roots)
+    if photo is None:
+        return False
+    info = path.stat()
+    if (info.st_size, info.st_mtime_ns) != (photo.size, photo.mtime_ns):
+        try:
+            if photo.content_hash is None or content_hash_file(path) != photo.content_hash:
+                return False
+        except MusiqError:
+            return False
+    have = set(
+        session.execute(
+            select(Score.model_id, Score.model_version, Score.variant, Score.resolution_policy).where(
+                Score.photo_id == photo.id, Score.is_latest.is_(True)
+            )
+        ).tuples()
+    )
+    return all(key in have for key in wanted)

@@ -207,6 +207,7 @@ class WriteResult:
     # One line each for the owner: a lossless repair made to the photo's XMP, or why the score went to a
     # sidecar instead of into the photo.
     notes: tuple[str, ...] = ()
+    rating_model: str | None = None  # the model whose score the stars in ``rating_written`` come from
 
 
 def write_score(
@@ -306,6 +307,7 @@ def write_scores(
         content_hash=digest,
         files=files,
         notes=tuple(notes),
+        rating_model=next((m.score.model_id for m in plan.models if m.rating_stars is not None), None),
     )
 
 

@@ -1,0 +1,190 @@
+"""One photo's whole path, the same for ``musiqd score``, the daemon's worker, ``rescore`` and ``notify``:
+
+    decode (once) -> patch per model -> infer with every model -> one metadata write carrying every
+    model's values -> one index transaction
+
+>>> pipeline = Pipeline({"koniq": Scorer("koniq"), "ava": Scorer("ava")}, write_policy=WritePolicy(), db=db)
+>>> for outcome in pipeline.run(paths):
+...     print(outcome.path, [r.score for r in outcome.records])
+
+Callers differ only in where photos come from and how outcomes are shown. The photo is decoded once, at
+the size the most demanding model needs (each model then resizes to its own policy). Photos whose latest
+scores already match every model (same version, variant and resolution policy; the file unchanged by
+size and modification time, else by content hash) are skipped unless ``force``. The photo is checked
+again after inference: a file that changed meanwhile is reported, and nothing is written or recorded.
+
+A failed metadata write does not lose the score: it is recorded with where it was (not) written, and
+:attr:`PhotoOutcome.write_error` says why. Decoding and inference errors record nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from musiq_daemon.api import Prepared, Scorer, overlapped
+from musiq_daemon.config import Config
+from musiq_daemon.errors import MusiqError
+from musiq_daemon.index.db import IndexDB
+from musiq_daemon.index.records import already_scored, last_rating_written, record_results
+from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_scores
+from musiq_daemon.preprocess import ResolutionPolicy
+from musiq_daemon.records import ScoreRecord
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    """What the pipeline did with one photo."""
+
+    path: Path
+    records: tuple[ScoreRecord, ...] = ()  # one per model, in the pipeline's model order
+    written: WriteResult | None = None
+    error: MusiqError | None = (
+        None  # not scored (unreadable, corrupt, changed while scored): nothing recorded
+    )
+    write_error: MusiqError | None = None  # scored and recorded, but the metadata was not written
+    skipped: bool = False  # already scored by every model: nothing done
+    notes: tuple[str, ...] = field(default_factory=tuple)  # one line each, for the owner
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.write_error is None
+
+
+class ChangedWhileScoringError(MusiqError):
+    """The file changed between decoding and writing: its score describes an older version."""
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    path: Path
+    prepared: tuple[Prepared, ...]
+    signature: tuple[int, int]  # (size, mtime_ns) when decoding started
+
+
+class Pipeline:
+    """Every configured model over one photo at a time (see the module docstring)."""
+
+    def __init__(
+        self,
+        scorers: Mapping[str, Scorer],
+        *,
+        write_policy: WritePolicy | None = None,
+        db: IndexDB | None = None,
+        roots: Sequence[Path] = (),
+        force: bool = False,
+    ) -> None:
+        if not scorers:
+            raise ValueError("a pipeline needs at least one model")
+        self.scorers = dict(scorers)
+        self.write_policy = write_policy
+        self.db = db
+        self.roots = [Path(os.path.abspath(r)) for r in roots]
+        self.force = force
+        sides = [s.min_long_side for s in self.scorers.values()]
+        # One decode serves every model: at full resolution if any model wants it, else the largest side.
+        self.min_long_side: int | None = None if None in sides else max(s for s in sides if s is not None)
+
+    # --- the stages -----------------------------------------------------------------------------------------
+
+    def decode(self, path: Path) -> _Decoded | PhotoOutcome:
+        """Decode once and patch for every model (CPU work that overlaps the previous photo's inference);
+        a skipped or unreadable photo is already its outcome."""
+        path = Path(path)
+        try:
+            info = path.stat()
+            if not self.force and self.db is not None and self._already_scored(path):
+                return PhotoOutcome(path, skipped=True)
+            t0 = time.perf_counter()
+            first = next(iter(self.scorers.values()))
+            decoded = first.decode(path, min_long_side=self.min_long_side)
+            decode_s = time.perf_counter() - t0
+            prepared = tuple(s.patch(decoded, str(path), decode_s) for s in self.scorers.values())
+        except MusiqError as exc:
+            return PhotoOutcome(path, error=exc)
+        except OSError as exc:
+            return PhotoOutcome(path, error=MusiqError(f"{path}: cannot read it ({exc.strerror or exc})"))
+        return _Decoded(path, prepared, (info.st_size, info.st_mtime_ns))
+
+    def finish(self, item: _Decoded | PhotoOutcome) -> PhotoOutcome:
+        """Infer with every model, write once, record once."""
+        if isinstance(item, PhotoOutcome):
+            return item
+        path = item.path
+        try:
+            records = tuple(
+                scorer.infer(prepared)
+                for scorer, prepared in zip(self.scorers.values(), item.prepared, strict=True)
+            )
+            self._check_unchanged(path, item.signature)
+        except MusiqError as exc:
+            return PhotoOutcome(path, error=exc)
+        except ValueError as exc:  # the runtime's own complaint about an input it cannot run
+            return PhotoOutcome(path, error=MusiqError(f"{path}: inference failed: {exc}"))
+        written, write_error = self._write(path, records)
+        if self.db is not None:
+            with self.db.session() as session:
+                record_results(session, path, records, written, roots=self.roots)
+        notes = written.notes if written is not None else ()
+        return PhotoOutcome(path, records, written, write_error=write_error, notes=notes)
+
+    def process(self, path: Path) -> PhotoOutcome:
+        return self.finish(self.decode(path))
+
+    def run(self, paths: Iterable[Path]) -> Iterator[PhotoOutcome]:
+        """Every photo in order, each decoded while the previous one is in inference."""
+        return overlapped(paths, self.decode, self.finish)
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _already_scored(self, path: Path) -> bool:
+        assert self.db is not None
+        wanted = [
+            (s.installed.spec.id, s.installed.version, s.installed.variant, s.policy.describe())
+            for s in self.scorers.values()
+        ]
+        with self.db.session() as session:
+            return already_scored(session, path, wanted, roots=self.roots)
+
+    def _check_unchanged(self, path: Path, signature: tuple[int, int]) -> None:
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise MusiqError(f"{path}: it went away while it was scored ({exc.strerror or exc})") from None
+        if (info.st_size, info.st_mtime_ns) != signature:
+            raise ChangedWhileScoringError(f"{path}: it changed while it was scored; score it again")
+
+    def _write(
+        self, path: Path, records: Sequence[ScoreRecord]
+    ) -> tuple[WriteResult | None, MusiqError | None]:
+        policy = self.write_policy
+        if policy is None:
+            return None, None
+        known = None
+        if self.db is not None and policy.rating_model is not None:
+            with self.db.session() as session:
+                known = last_rating_written(session, path, policy.rating_model, roots=self.roots)
+        try:
+            return write_scores(path, records, policy, known_rating=known), None
+        except MusiqError as exc:
+            return None, exc
+
+
+def build_scorers(config: Config) -> dict[str, Scorer]:
+    """One loaded scorer per configured model, as the configuration says (variant, device, threads,
+    resolution, pixel limit). An inference engine is not shared between threads: one set per worker."""
+    policy = ResolutionPolicy.parse(config.resolution) if config.resolution else None
+    return {
+        model: Scorer(
+            model,
+            config.variant,
+            device=config.device,
+            threads=config.threads,
+            policy=policy,
+            max_pixels=config.max_pixels,
+        )
+        for model in config.models
+    }
