@@ -59,10 +59,23 @@ class ChangedWhileScoringError(MusiqError):
 
 
 @dataclass(frozen=True)
-class _Decoded:
+class Decoded:
+    """A photo decoded once and patched for each of ``models``."""
+
     path: Path
+    models: tuple[str, ...]
     prepared: tuple[Prepared, ...]
-    signature: tuple[int, int]  # (size, mtime_ns) when decoding started
+    signature: tuple[int, int]  # (size, mtime_ns) before decoding
+
+
+def check_unchanged(path: Path, signature: tuple[int, int]) -> None:
+    """Raise :class:`ChangedWhileScoringError` when the file is no longer the one that was decoded."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise MusiqError(f"{path}: it went away while it was scored ({exc.strerror or exc})") from None
+    if (info.st_size, info.st_mtime_ns) != signature:
+        raise ChangedWhileScoringError(f"{path}: it changed while it was scored; score it again")
 
 
 class Pipeline:
@@ -84,46 +97,57 @@ class Pipeline:
         self.db = db
         self.roots = [Path(os.path.abspath(r)) for r in roots]
         self.force = force
-        sides = [s.min_long_side for s in self.scorers.values()]
-        # One decode serves every model: at full resolution if any model wants it, else the largest side.
-        self.min_long_side: int | None = None if None in sides else max(s for s in sides if s is not None)
 
     # --- the stages -----------------------------------------------------------------------------------------
 
-    def decode(self, path: Path) -> _Decoded | PhotoOutcome:
-        """Decode once and patch for every model (CPU work that overlaps the previous photo's inference);
-        a skipped or unreadable photo is already its outcome."""
-        path = Path(path)
+    def prepare(self, path: Path, models: Sequence[str] | None = None) -> Decoded:
+        """Decode ``path`` once and patch it for each of ``models`` (default: every model): the CPU work
+        that overlaps the previous photo's inference. Raises :class:`~musiq_daemon.errors.MusiqError`."""
+        chosen = list(self.scorers) if models is None else list(models)
+        scorers = [self.scorers[m] for m in chosen]
+        sides = [s.min_long_side for s in scorers]
+        # One decode serves every model: at full resolution if any model wants it, else the largest side.
+        side = None if None in sides else max(s for s in sides if s is not None)
         try:
             info = path.stat()
+        except OSError as exc:
+            raise MusiqError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        t0 = time.perf_counter()
+        decoded = scorers[0].decode(path, min_long_side=side)
+        decode_s = time.perf_counter() - t0
+        prepared = tuple(s.patch(decoded, str(path), decode_s) for s in scorers)
+        return Decoded(path, tuple(chosen), prepared, (info.st_size, info.st_mtime_ns))
+
+    def infer(self, item: Decoded) -> tuple[ScoreRecord, ...]:
+        """Every model's score of a prepared photo. Raises :class:`~musiq_daemon.errors.MusiqError`."""
+        try:
+            return tuple(
+                self.scorers[model].infer(prepared)
+                for model, prepared in zip(item.models, item.prepared, strict=True)
+            )
+        except ValueError as exc:  # the runtime's own complaint about an input it cannot run
+            raise MusiqError(f"{item.path}: inference failed: {exc}") from None
+
+    def decode(self, path: Path) -> Decoded | PhotoOutcome:
+        """:meth:`prepare` for :meth:`run`: a skipped or unreadable photo is already its outcome."""
+        path = Path(path)
+        try:
             if not self.force and self.db is not None and self._already_scored(path):
                 return PhotoOutcome(path, skipped=True)
-            t0 = time.perf_counter()
-            first = next(iter(self.scorers.values()))
-            decoded = first.decode(path, min_long_side=self.min_long_side)
-            decode_s = time.perf_counter() - t0
-            prepared = tuple(s.patch(decoded, str(path), decode_s) for s in self.scorers.values())
+            return self.prepare(path)
         except MusiqError as exc:
             return PhotoOutcome(path, error=exc)
-        except OSError as exc:
-            return PhotoOutcome(path, error=MusiqError(f"{path}: cannot read it ({exc.strerror or exc})"))
-        return _Decoded(path, prepared, (info.st_size, info.st_mtime_ns))
 
-    def finish(self, item: _Decoded | PhotoOutcome) -> PhotoOutcome:
+    def finish(self, item: Decoded | PhotoOutcome) -> PhotoOutcome:
         """Infer with every model, write once, record once."""
         if isinstance(item, PhotoOutcome):
             return item
         path = item.path
         try:
-            records = tuple(
-                scorer.infer(prepared)
-                for scorer, prepared in zip(self.scorers.values(), item.prepared, strict=True)
-            )
-            self._check_unchanged(path, item.signature)
+            records = self.infer(item)
+            check_unchanged(path, item.signature)
         except MusiqError as exc:
             return PhotoOutcome(path, error=exc)
-        except ValueError as exc:  # the runtime's own complaint about an input it cannot run
-            return PhotoOutcome(path, error=MusiqError(f"{path}: inference failed: {exc}"))
         written, write_error = self._write(path, records)
         if self.db is not None:
             with self.db.session() as session:
@@ -148,14 +172,6 @@ class Pipeline:
         ]
         with self.db.session() as session:
             return already_scored(session, path, wanted, roots=self.roots)
-
-    def _check_unchanged(self, path: Path, signature: tuple[int, int]) -> None:
-        try:
-            info = path.stat()
-        except OSError as exc:
-            raise MusiqError(f"{path}: it went away while it was scored ({exc.strerror or exc})") from None
-        if (info.st_size, info.st_mtime_ns) != signature:
-            raise ChangedWhileScoringError(f"{path}: it changed while it was scored; score it again")
 
     def _write(
         self, path: Path, records: Sequence[ScoreRecord]

@@ -56,7 +56,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -292,6 +292,34 @@ def claim(
             if not session.scalar(select(exists().where(_due(moment, model_ids)))):
                 return None
     return None
+
+
+def claim_photo(
+    target: IndexDB | Session, *, model_ids: Sequence[str] | None = None, now: datetime | None = None
+) -> list[ClaimedJob]:
+    """:func:`claim` the next due job, and with it every other due job of the same photo (of ``model_ids``),
+    so that the photo is decoded and written once for all its models. Empty when nothing is due."""
+    moment = now or utc_now()
+    first = claim(target, model_ids=model_ids, now=moment)
+    if first is None:
+        return []
+    with _transaction(target) as session:
+        siblings = select(Job.id).where(
+            Job.photo_id == first.photo_id, Job.id != first.job_id, _due(moment, model_ids)
+        )
+        if _dialect(session) == "postgresql":
+            siblings = siblings.with_for_update(skip_locked=True)
+        taken = session.execute(
+            update(Job)
+            .where(Job.id.in_(siblings), Job.state == "pending")
+            .values(state="running", attempts=Job.attempts + 1, updated_at=moment)
+            .returning(Job.id, Job.model_id, Job.attempts)
+            .execution_options(synchronize_session=False)
+        ).all()
+    group = [first]
+    for row in sorted(taken, key=lambda r: r.id):
+        group.append(replace(first, job_id=row.id, model_id=row.model_id, attempts=row.attempts))
+    return group
 
 
 def complete(

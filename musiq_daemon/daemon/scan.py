@@ -27,10 +27,8 @@ as they are for the same reason.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -44,14 +42,16 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from musiq_daemon.daemon.mounts import MountTable
 from musiq_daemon.daemon.queue import adopt_moved, enqueue, follow_sidecars
-from musiq_daemon.decode import SUPPORTED_SUFFIXES
+from musiq_daemon.discover import PathFilter as PathFilter  # re-exported for daemon/service.py
+from musiq_daemon.discover import walk
 from musiq_daemon.errors import DecodeError
 from musiq_daemon.index.models import Job, Photo, WrittenFile
 from musiq_daemon.index.paths import decode_path, encode_path
-from musiq_daemon.index.records import now, split_root, upsert_photo
+from musiq_daemon.index.records import find_photo, now, split_root, upsert_photo
 from musiq_daemon.metadata.content_hash import content_hash_file
-from musiq_daemon.metadata.safefile import TEMP_PREFIX, FileSignature
+from musiq_daemon.metadata.safefile import FileSignature
 from musiq_daemon.metadata.sidecar import move_sidecars
 
 if TYPE_CHECKING:
@@ -73,49 +73,6 @@ _T = TypeVar("_T")
 Outcome = Literal["unchanged", "own-write", "same-content", "moved", "queued", "gone"]
 
 
-class PathFilter:
-    """Which names under a root are photos to score.
-
-    Directory and file names matching an ``exclude`` pattern are skipped (temp files of other programs,
-    NAS junk folders such as @eaDir or #recycle, sidecars); musiqd's own temporary files always are. A
-    file must have a supported photo suffix and, when ``include`` is given, match one of its patterns.
-    Patterns match one name (not a path), case-insensitively: NAS shares are often case-insensitive, and
-    ``IMG_0001.JPG`` and ``.XMP`` are as common as their lower-case forms.
-    """
-
-    def __init__(self, include: Iterable[str], exclude: Iterable[str]) -> None:
-        self._exclude = _compile([*exclude, TEMP_PREFIX + "*"])
-        include = list(include)
-        self._include = _compile(include) if include else None
-
-    def dir_excluded(self, name: str) -> bool:
-        return self._exclude.match(name) is not None
-
-    def file_wanted(self, name: str) -> bool:
-        if self._exclude.match(name) is not None:
-            return False
-        dot = name.rfind(".")  # as Path.suffix, without building a Path per file of a big share
-        if dot <= 0 or name[dot:].lower() not in SUPPORTED_SUFFIXES:
-            return False
-        return self._include is None or self._include.match(name) is not None
-
-    def path_wanted(self, path: str, root: str) -> bool:
-        """``path`` (absolute) is a wanted photo under ``root``: no excluded folder on the way."""
-        rel = os.path.relpath(path, root)
-        if rel.startswith("../") or rel in (".", ".."):
-            return False
-        *dirs, name = rel.split("/")
-        return not any(self.dir_excluded(d) for d in dirs) and self.file_wanted(name)
-
-    @classmethod
-    def of(cls, config: Config) -> PathFilter:
-        return cls(config.include, config.exclude)
-
-
-def _compile(patterns: Sequence[str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)", re.IGNORECASE)
-
-
 # --- root availability -------------------------------------------------------------------------------------
 
 
@@ -133,11 +90,8 @@ def root_unavailable(root: Path, *, has_photos: bool, expected_mount: str | None
         return "is not a directory"
     if not os.access(root, os.R_OK | os.X_OK):
         return "cannot be read (permission denied)"
-    if expected_mount is not None:
-        from musiq_daemon.daemon.watch import MountTable
-
-        if MountTable.read().mount_for(root).point != expected_mount:
-            return f"the share mounted at {expected_mount} is not mounted"
+    if expected_mount is not None and MountTable.read().mount_for(root).point != expected_mount:
+        return f"the share mounted at {expected_mount} is not mounted"
     if has_photos:
         try:
             with os.scandir(root) as entries:
@@ -167,10 +121,7 @@ def same_version(photo: Photo, info: os.stat_result) -> bool:
 
 
 def _photo_row(session: Session, path: Path, roots: Sequence[Path]) -> Photo | None:
-    root, rel = split_root(path, list(roots))
-    return session.scalars(
-        select(Photo).where(Photo.root == encode_path(root), Photo.rel_path == encode_path(rel))
-    ).first()
+    return find_photo(session, path, roots=list(roots))  # also a row ``musiqd score`` keyed by folder
 
 
 def own_write(session: Session, path: Path, info: os.stat_result) -> bool:
@@ -385,7 +336,16 @@ def scan_root(
             result.new += _insert_new(db, root, new, config.models)
             new.clear()
 
-    for path, rel, info in _walk(root, path_filter, result, stop):
+    def unreadable(folder: str, rel: str, exc: OSError) -> None:
+        log.warning("cannot read folder %s: %s", folder, exc.strerror)
+        result.unreadable.append(rel)
+
+    for found in walk(root, path_filter, on_error=unreadable, stop=stop):
+        try:
+            info = found.entry.stat(follow_symlinks=False)
+        except OSError:  # vanished between listing and stat
+            continue
+        path, rel = Path(found.entry.path), found.rel
         result.files += 1
         if progress is not None and result.files % 1000 == 0:
             progress(ScanProgress(root, result.files, present))
@@ -405,6 +365,7 @@ def scan_root(
         else:
             new.append((rel, info))
             flush_new()
+    result.stopped = stop is not None and stop.is_set()
     flush_new(force=True)
     if progress is not None:
         progress(ScanProgress(root, result.files, present))
@@ -508,39 +469,6 @@ def _count(result: ScanResult, outcome: Outcome, *, changed: bool = False) -> No
         result.moved += 1
     elif outcome in ("own-write", "same-content"):
         result.own_writes += 1
-
-
-def _walk(
-    root: Path, path_filter: PathFilter, result: ScanResult, stop: threading.Event | None
-) -> Iterator[tuple[Path, str, os.stat_result]]:
-    """(path, path relative to root, lstat) of every wanted photo, depth first, symbolic links not
-    followed (they could leave the root or loop)."""
-    pending = [""]
-    while pending:
-        if stop is not None and stop.is_set():
-            result.stopped = True
-            return
-        rel_dir = pending.pop()
-        directory = f"{root}/{rel_dir}" if rel_dir else str(root)
-        try:
-            with os.scandir(directory) as it:
-                entries = list(it)
-        except OSError as exc:
-            log.warning("cannot read folder %s: %s", directory, exc.strerror)
-            result.unreadable.append(rel_dir)
-            continue
-        subdirs = []
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if not path_filter.dir_excluded(entry.name):
-                        subdirs.append(f"{rel_dir}/{entry.name}" if rel_dir else entry.name)
-                elif entry.is_file(follow_symlinks=False) and path_filter.file_wanted(entry.name):
-                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                    yield Path(entry.path), rel, entry.stat(follow_symlinks=False)
-            except OSError:  # vanished between listing and stat
-                continue
-        pending.extend(sorted(subdirs, reverse=True))
 
 
 def _under_any(rel: str, folders: Sequence[str]) -> bool:

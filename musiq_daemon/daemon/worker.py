@@ -56,13 +56,14 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from musiq_daemon.api import Prepared, Scorer
+from musiq_daemon.api import Scorer
 from musiq_daemon.daemon import queue
 from musiq_daemon.daemon.queue import ClaimedJob
 from musiq_daemon.errors import DecodeError, MusiqError, ReadOnlyError
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.records import last_rating_written, record_result, upsert_photo
-from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_score
+from musiq_daemon.index.records import last_rating_written, record_results, upsert_photo
+from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_scores
+from musiq_daemon.pipeline import Decoded, Pipeline
 from musiq_daemon.records import ScoreRecord
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class _Deferral:
 
 if TYPE_CHECKING:
     #: Claimed jobs with their decode (done or under way), oldest first.
-    _Claimed = deque[tuple[ClaimedJob, Future[Prepared | _Deferral | Exception]]]
+    _Claimed = deque[tuple[list[ClaimedJob], Future[Decoded | _Deferral | Exception]]]
 
 
 class _InterruptedError(MusiqError):
@@ -169,6 +170,9 @@ class Worker:
     ) -> None:
         self.db = db
         self.scorers = dict(scorers)
+        # Decoding and inference are the pipeline's; the queue, the write and the record are the worker's
+        # (the jobs complete in the same transaction as the scores).
+        self.pipeline = Pipeline(self.scorers, force=True)
         self.write_policy = write_policy
         self.retries = retries
         self.backoff = backoff
@@ -183,13 +187,14 @@ class Worker:
             return self._stats
 
     def run_once(self) -> JobOutcome | None:
-        """Claim and process one due job (quiet hours and pause do not apply); None when none is due."""
-        job = self._claim()
-        if job is None:
+        """Claim and process one due photo (every due job of it, for this worker's models; quiet hours and
+        pause do not apply); the outcome of its first job, None when none is due."""
+        group = self._claim()
+        if not group:
             return None
         started = clock_time.monotonic()
         try:
-            return self._process(job, self._prepare(job))
+            return self._process(group, self._prepare(group))[0]
         finally:
             self._count(busy_s=clock_time.monotonic() - started)
 
@@ -211,12 +216,12 @@ class Worker:
                             stop.wait(self.poll_interval)
                             continue
                         started = clock_time.monotonic()
-                        job, future = claimed[0]
+                        group, future = claimed[0]
                         prepared = future.result()
                         if stop.is_set():
                             break
                         self._claim_into(claimed, pool, paused)  # decoded while this one is scored
-                        self._process(job, prepared)
+                        self._process(group, prepared)
                         claimed.popleft()
                         self._count(busy_s=clock_time.monotonic() - started)
                     except Exception:
@@ -234,29 +239,30 @@ class Worker:
     def _may_claim(self, paused: Callable[[], bool]) -> bool:
         return not paused() and not in_quiet_hours(self.clock().time(), self.quiet_hours)
 
-    def _claim(self) -> ClaimedJob | None:
-        return queue.claim(self.db, model_ids=list(self.scorers), now=self._now())
+    def _claim(self) -> list[ClaimedJob]:
+        return queue.claim_photo(self.db, model_ids=list(self.scorers), now=self._now())
 
     def _claim_into(self, claimed: _Claimed, pool: ThreadPoolExecutor, paused: Callable[[], bool]) -> bool:
         if not self._may_claim(paused):
             return False
-        job = self._claim()
-        if job is None:
+        group = self._claim()
+        if not group:
             return False
-        claimed.append((job, pool.submit(self._prepare, job)))
+        claimed.append((group, pool.submit(self._prepare, group)))
         return True
 
     def _give_back(self, claimed: _Claimed) -> None:
         """Return claimed jobs that were not processed to the queue (best effort: what cannot be returned
         now is returned by :func:`~musiq_daemon.daemon.queue.requeue_stale` at the next start)."""
         while claimed:
-            job, future = claimed.popleft()
+            group, future = claimed.popleft()
             if not future.cancel():
-                future.exception()  # a decode in progress ends before its job is given back
-            try:
-                queue.release(self.db, job.job_id, now=self._now())
-            except Exception:
-                log.exception("cannot give job %d back to the queue", job.job_id)
+                future.exception()  # a decode in progress ends before its jobs are given back
+            for job in group:
+                try:
+                    queue.release(self.db, job.job_id, now=self._now())
+                except Exception:
+                    log.exception("cannot give job %d back to the queue", job.job_id)
 
     def _check_file(self, job: ClaimedJob) -> _Deferral | MusiqError | None:
         try:
@@ -271,50 +277,61 @@ class Worker:
             return _Deferral("the file changed since it was queued", SETTLE_DELAY_S)
         return None
 
-    def _prepare(self, job: ClaimedJob) -> Prepared | _Deferral | Exception:
-        """Check and decode (in the decode thread: errors are returned, and raised by :meth:`_process`)."""
+    def _prepare(self, group: list[ClaimedJob]) -> Decoded | _Deferral | Exception:
+        """Check and decode once for every job of the photo (in the decode thread: errors are returned,
+        and raised by :meth:`_process`)."""
+        job = group[0]
         try:
-            if job.attempts > self.retries + 1:  # checked before decoding: decoding may be what kills it
+            worst = max(j.attempts for j in group)
+            if worst > self.retries + 1:  # checked before decoding: decoding may be what kills it
                 return _InterruptedError(
-                    f"musiqd stopped {job.attempts - 1} times while scoring this photo "
+                    f"musiqd stopped {worst - 1} times while scoring this photo "
                     "(killed, crashed or out of memory?); not trying again"
                 )
             problem = self._check_file(job)
             if problem is not None:
                 return problem
-            return self.scorers[job.model_id].prepare(job.path)
+            return self.pipeline.prepare(job.path, [j.model_id for j in group])
         except Exception as exc:
             return exc
 
-    def _process(self, job: ClaimedJob, prepared: Prepared | _Deferral | Exception) -> JobOutcome:
+    def _process(
+        self, group: list[ClaimedJob], prepared: Decoded | _Deferral | Exception
+    ) -> list[JobOutcome]:
+        job = group[0]
         try:
             if isinstance(prepared, _Deferral):
-                return self._defer(job, prepared)
+                return self._defer(group, prepared)
             if isinstance(prepared, _InterruptedError):
-                return self._fail(job, str(prepared), permanent=True)
+                return self._fail(group, str(prepared), permanent=True)
             if isinstance(prepared, Exception):
                 raise prepared
-            record = self.scorers[job.model_id].infer(prepared)
+            records = self.pipeline.infer(prepared)
             problem = self._check_file(job)
             if isinstance(problem, _Deferral):
-                return self._defer(job, replace(problem, reason="the file changed while it was scored"))
+                return self._defer(group, replace(problem, reason="the file changed while it was scored"))
             if problem is not None:
                 raise problem
-            written, note = self._write(job, record)
-            return self._record(job, record, written, note)
+            written, note = self._write(job, records)
+            return self._record(group, records, written, note)
         except _ChangedWhileScoringError:
-            return self._defer(job, _Deferral("the file changed while it was scored", SETTLE_DELAY_S))
+            return self._defer(group, _Deferral("the file changed while it was scored", SETTLE_DELAY_S))
         except MusiqError as exc:
-            return self._fail(job, str(exc))
+            return self._fail(group, str(exc))
         except Exception as exc:
-            log.exception("internal error while scoring %s with %s", job.path, job.model_id)
-            return self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
+            log.exception("internal error while scoring %s", job.path)
+            return self._fail(group, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _write(self, job: ClaimedJob, record: ScoreRecord) -> tuple[WriteResult | None, str | None]:
+    def _write(
+        self, job: ClaimedJob, records: tuple[ScoreRecord, ...]
+    ) -> tuple[WriteResult | None, str | None]:
         try:
-            with self.db.session() as session:
-                known = last_rating_written(session, job.path, job.model_id, roots=[job.root])
-            written = write_score(job.path, record, self.write_policy, known_rating=known)
+            known = None
+            if self.write_policy.rating_model is not None:
+                with self.db.session() as session:
+                    model = self.write_policy.rating_model
+                    known = last_rating_written(session, job.path, model, roots=[job.root])
+            written = write_scores(job.path, records, self.write_policy, known_rating=known)
             for line in written.notes:
                 log.warning("%s", line)
             return written, "; ".join(written.notes) or None
@@ -323,8 +340,13 @@ class Worker:
             return None, f"score not written: {exc}"
 
     def _record(
-        self, job: ClaimedJob, record: ScoreRecord, written: WriteResult | None, note: str | None
-    ) -> JobOutcome:
+        self,
+        group: list[ClaimedJob],
+        records: tuple[ScoreRecord, ...],
+        written: WriteResult | None,
+        note: str | None,
+    ) -> list[JobOutcome]:
+        job = group[0]
         # After an embedded write the photo is the new version musiqd wrote; otherwise the one scored.
         if written is not None and written.target == "embedded" and written.signature is not None:
             expected = (written.signature.size, written.signature.mtime_ns)
@@ -332,18 +354,24 @@ class Worker:
             expected = (job.size, job.mtime_ns)
         with self.db.session() as session:
             # Checked inside the same transaction: raising rolls the recording back.
-            photo = record_result(session, job.path, record, written, roots=[job.root])
+            photo = record_results(session, job.path, records, written, roots=[job.root])
             if photo.id != job.photo_id:
                 raise RuntimeError(f"{job.path} maps to photo {photo.id}, the job to {job.photo_id}")
             if (photo.size, photo.mtime_ns) != expected:
                 raise _ChangedWhileScoringError
-            if not queue.complete(session, job.job_id, note=note, now=self._now()):
-                raise RuntimeError(f"job {job.job_id} was taken away while it was being scored")
-        self._count(done=1)
-        log.debug("scored %s with %s: %.3f", job.path, job.model_id, record.score)
-        return JobOutcome(job.job_id, job.path, job.model_id, "done", record.score, note)
+            for claimed in group:
+                if not queue.complete(session, claimed.job_id, note=note, now=self._now()):
+                    raise RuntimeError(f"job {claimed.job_id} was taken away while it was being scored")
+        self._count(done=len(group))
+        scores = ", ".join(f"{r.model_id} {r.score:.3f}" for r in records)
+        log.info("scored %s: %s", job.path, scores)
+        by_model = {r.model_id: r.score for r in records}
+        return [
+            JobOutcome(j.job_id, j.path, j.model_id, "done", by_model.get(j.model_id), note) for j in group
+        ]
 
-    def _defer(self, job: ClaimedJob, deferral: _Deferral) -> JobOutcome:
+    def _defer(self, group: list[ClaimedJob], deferral: _Deferral) -> list[JobOutcome]:
+        job = group[0]
         with self.db.session() as session:
             if deferral.root_unavailable:
                 queue.postpone_root(session, job.root, delay=deferral.delay, now=self._now())
@@ -351,26 +379,33 @@ class Worker:
                 # Record the file as it is now: when it is unchanged at the next try, it is scored.
                 with contextlib.suppress(OSError):  # gone meanwhile: the next try finds out
                     upsert_photo(session, job.path, roots=[job.root])
-            queue.release(session, job.job_id, delay=deferral.delay, now=self._now())
+            for claimed in group:
+                queue.release(session, claimed.job_id, delay=deferral.delay, now=self._now())
         log.info("%s: %s; trying again in %g s", job.path, deferral.reason, deferral.delay)
-        return JobOutcome(job.job_id, job.path, job.model_id, "deferred", message=deferral.reason)
+        return [JobOutcome(j.job_id, j.path, j.model_id, "deferred", message=deferral.reason) for j in group]
 
-    def _fail(self, job: ClaimedJob, message: str, *, permanent: bool = False) -> JobOutcome:
-        state = queue.fail(
-            self.db,
-            job.job_id,
-            message,
-            retries=self.retries,
-            backoff=self.backoff,
-            permanent=permanent,
-            now=self._now(),
-        )
-        if state == "failed":
-            self._count(failed=1)
-            log.warning("%s (%s) failed: %s", job.path, job.model_id, message)
-            return JobOutcome(job.job_id, job.path, job.model_id, "failed", message=message)
-        log.info("%s (%s) attempt %d failed, will retry: %s", job.path, job.model_id, job.attempts, message)
-        return JobOutcome(job.job_id, job.path, job.model_id, "retry", message=message)
+    def _fail(self, group: list[ClaimedJob], message: str, *, permanent: bool = False) -> list[JobOutcome]:
+        outcomes = []
+        for job in group:
+            state = queue.fail(
+                self.db,
+                job.job_id,
+                message,
+                retries=self.retries,
+                backoff=self.backoff,
+                permanent=permanent,
+                now=self._now(),
+            )
+            if state == "failed":
+                self._count(failed=1)
+                log.warning("%s (%s) failed: %s", job.path, job.model_id, message)
+                outcomes.append(JobOutcome(job.job_id, job.path, job.model_id, "failed", message=message))
+            else:
+                log.info(
+                    "%s (%s) attempt %d failed, will retry: %s", job.path, job.model_id, job.attempts, message
+                )
+                outcomes.append(JobOutcome(job.job_id, job.path, job.model_id, "retry", message=message))
+        return outcomes
 
     def _count(self, *, done: int = 0, failed: int = 0, busy_s: float = 0.0) -> None:
         with self._stats_lock:

@@ -55,6 +55,10 @@ def find_photo(session: Session, path: Path, *, roots: list[Path] | None = None)
     folder is re-keyed to a root above it, never the other way round.
     """
     root, rel = split_root(path, roots)
+    key_root, key_rel = encode_path(root), encode_path(rel)
+    found = session.scalars(select(Photo).where(Photo.root == key_root, Photo.rel_path == key_rel)).first()
+    if found is not None:  # the usual case: one indexed lookup
+        return found
     absolute = root / rel
     splits = [(encode_path(a), encode_path(absolute.relative_to(a))) for a in absolute.parents]
     rows = session.scalars(
@@ -63,9 +67,8 @@ def find_photo(session: Session, path: Path, *, roots: list[Path] | None = None)
     if not rows:
         return None
     photo = min(rows, key=lambda row: len(row.root))  # the outermost root (several only in old indexes)
-    key_root = encode_path(root)
     if len(key_root) < len(photo.root):  # a root above the row's: re-key it there
-        photo.root, photo.rel_path = key_root, encode_path(rel)
+        photo.root, photo.rel_path = key_root, key_rel
     return photo
 
 
@@ -265,11 +268,10 @@ def already_scored(
                 return False
         except MusiqError:
             return False
-    have = set(
-        session.execute(
-            select(Score.model_id, Score.model_version, Score.variant, Score.resolution_policy).where(
-                Score.photo_id == photo.id, Score.is_latest.is_(True)
-            )
-        ).tuples()
+    rows = session.execute(
+        select(Score.model_id, Score.model_version, Score.variant, Score.resolution_policy).where(
+            Score.photo_id == photo.id, Score.is_latest.is_(True)
+        )
     )
+    have = {(r.model_id, r.model_version, r.variant, r.resolution_policy) for r in rows}
     return all(key in have for key in wanted)
