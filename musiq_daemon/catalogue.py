@@ -29,6 +29,7 @@ class ModelSpec:
     scale_max: float
     max_side: int | None
     published_srcc: float | None
+    stars: tuple[float, float, float, float] | None = None  # default star thresholds (2, 3, 4, 5 stars)
 
     def reported(self, raw: float) -> float:
         """Map the model's raw output to the reported scale (clamped to it).
@@ -79,6 +80,9 @@ def _spec(model_id: str, entry: dict[str, Any]) -> ModelSpec:
     scale = entry["scale"]
     max_side = entry.get("max_side", "full")
     srcc = entry.get("published_srcc")
+    stars = entry.get("stars")
+    if stars is not None and len(stars) != 4:
+        raise ValueError(f"manifest: model {model_id} needs 4 star thresholds, has {len(stars)}")
     return ModelSpec(
         id=model_id,
         title=str(entry["title"]),
@@ -90,6 +94,7 @@ def _spec(model_id: str, entry: dict[str, Any]) -> ModelSpec:
         scale_max=float(scale[1]),
         max_side=None if max_side == "full" else int(max_side),
         published_srcc=None if srcc is None else float(srcc),
+        stars=None if stars is None else (float(stars[0]), float(stars[1]), float(stars[2]), float(stars[3])),
     )
 
 
@@ -110,3 +115,8 @@ def parse_manifest(text: str) -> Catalogue:
 @cache
 def load_catalogue() -> Catalogue:
     return parse_manifest(_manifest_text())
+
+
+def default_star_thresholds() -> dict[str, tuple[float, float, float, float]]:
+    """Each catalogued model's default star thresholds (models without them get no stars)."""
+    return {m.id: m.stars for m in load_catalogue().models.values() if m.stars is not None}

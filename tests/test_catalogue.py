@@ -60,3 +60,18 @@ scale = [1, 5]
 """
     with pytest.raises(ValueError, match="unknown mapping"):
         parse_manifest(bad)
+
+
+def test_star_thresholds_live_with_each_model() -> None:
+    """Adding a model is one manifest entry: its default star thresholds are part of it."""
+    from musiq_daemon.catalogue import load_catalogue
+    from musiq_daemon.metadata.writer import WritePolicy
+
+    catalogue = load_catalogue()
+    assert all(spec.stars is not None for spec in catalogue.models.values())
+    assert WritePolicy().star_thresholds == {m: s.stars for m, s in catalogue.models.items()}
+    with pytest.raises(ValueError, match="4 star thresholds"):
+        parse_manifest(
+            'default_model = "x"\ndefault_variant = "fp32"\nvariants = ["fp32"]\n[models.x]\ntitle = "x"\n'
+            'file = "x.npz"\nurl = "u"\nhead = 1\nmapping = "mos-100"\nscale = [1.0, 5.0]\nstars = [1.0]\n'
+        )

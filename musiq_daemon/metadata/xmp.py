@@ -90,6 +90,7 @@ from typing import Any, Final
 
 import exiv2
 
+from musiq_daemon.catalogue import default_star_thresholds
 from musiq_daemon.errors import UsageError
 
 NAMESPACE_URI: Final = "http://ns.musiqd.org/xmp/1.0/"
@@ -127,15 +128,11 @@ KEYWORD_ROOT: Final = "MUSIQ"
 
 Thresholds = tuple[float, float, float, float]
 
-# Starting points, not calibrations: tune them to a collection's score distribution. On the 1..5 MOS scale
-# the 3-star bucket (3.0-3.4) is meant for ordinary photos, 4-5 stars for ones that stand out and 1-2 stars
-# for visible problems; AVA's 1..10 aesthetic means sit in a narrower band around 5, hence its boundaries.
-DEFAULT_STAR_THRESHOLDS: Final[Mapping[str, Thresholds]] = {
-    "koniq": (2.6, 3.0, 3.4, 3.8),
-    "spaq": (2.6, 3.0, 3.4, 3.8),
-    "paq2piq": (2.6, 3.0, 3.4, 3.8),
-    "ava": (4.5, 5.0, 5.5, 6.0),
-}
+#: Starting points, not calibrations, from the model catalogue (``stars`` of each model in
+#: models_tflite/manifest.toml): tune them to a collection's score distribution. On the 1..5 MOS scale the
+#: 3-star bucket is meant for ordinary photos, 4-5 stars for ones that stand out and 1-2 stars for visible
+#: problems; AVA's 1..10 aesthetic means sit in a narrower band around 5, hence its boundaries.
+DEFAULT_STAR_THRESHOLDS: Final[Mapping[str, Thresholds]] = default_star_thresholds()
 
 # EXIF RatingPercent / MicrosoftPhoto:Rating for 1..5 stars, as Windows writes them.
 _PERCENT: Final = {1: 1, 2: 25, 3: 50, 4: 75, 5: 99}

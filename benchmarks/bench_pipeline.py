@@ -1,0 +1,111 @@
+"""What a second model costs end to end: the pipeline with one model against two, and against two separate
+one-model passes (what scoring every model on its own costs: two decodes and two writes per photo).
+
+Each run scores fresh copies of --count generated JPEGs (--size, default 12 MP) through
+:class:`musiq_daemon.pipeline.Pipeline` as ``musiqd score --write`` does: decode (once), infer with every
+model, embed every model's values in one metadata write, record in a fresh SQLite index. Models are the
+full-size synthetic koniq and ava (official layout and size; speed does not depend on the weight values),
+converted once into --cache. Target (issue 10): two models cost at most 1.9x one model.
+
+    python benchmarks/bench_pipeline.py [--count 20] [--size 12MP] [--threads 2] [--variant dynamic-int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_score import SIZES, make_photo
+
+DISTINCT = 4  # distinct generated photos; the others are copies (generating 12 MP noise takes seconds)
+
+
+def ensure_models(cache: Path, variant: str) -> Path:
+    from musiq_daemon.model.config import MusiqConfig
+    from musiq_daemon.model.store import install_from_checkpoint, model_path
+    from musiq_daemon.model.synthetic import write_synthetic_checkpoint
+
+    models = cache / "models"
+    for model, classes in (("koniq", 1), ("ava", 10)):
+        if not model_path(model, variant, models).is_file():
+            ckpt = write_synthetic_checkpoint(cache / f"{model}_ckpt.npz", MusiqConfig(num_classes=classes))
+            print(f"converting full-size synthetic {model} to {variant} (once) ...", file=sys.stderr)
+            install_from_checkpoint(ckpt, model, [variant], root=models)
+    return models
+
+
+def run(models: list[str], passes: int, originals: list[Path], work: Path, args: argparse.Namespace) -> float:
+    """Seconds for ``passes`` pipeline runs over fresh copies (each pass with ``len(models)//passes``
+    models), start-up (model loading) excluded."""
+    from musiq_daemon.api import Scorer
+    from musiq_daemon.index import open_index
+    from musiq_daemon.metadata.writer import WritePolicy
+    from musiq_daemon.pipeline import Pipeline
+
+    folder = work / f"run-{'-'.join(models)}-{passes}"
+    folder.mkdir()
+    photos = [shutil.copy2(src, folder / f"IMG_{i:04}.jpg") for i, src in enumerate(originals)]
+    db = open_index(str(folder / "index.sqlite3"))
+    groups = [models] if passes == 1 else [[m] for m in models]
+    pipelines = [
+        Pipeline(
+            {
+                m: Scorer(m, args.variant, device="cpu", threads=args.threads, models_root=args.models)
+                for m in group
+            },
+            write_policy=WritePolicy(),
+            db=db,
+            force=True,
+        )
+        for group in groups
+    ]
+    started = time.perf_counter()
+    for pipeline in pipelines:
+        for outcome in pipeline.run([Path(p) for p in photos]):
+            if not outcome.ok:
+                raise RuntimeError(f"{outcome.path}: {outcome.error or outcome.write_error}")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--size", choices=sorted(SIZES), default="12MP")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variant", default="dynamic-int8")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musiqd-bench-cache")
+    args = parser.parse_args()
+    args.models = ensure_models(args.cache, args.variant)
+    with tempfile.TemporaryDirectory(prefix="musiqd-bench-pipeline-") as tmp:
+        work = Path(tmp)
+        width, height = SIZES[args.size]
+        distinct = [work / f"distinct-{i}.jpg" for i in range(min(DISTINCT, args.count))]
+        for i, path in enumerate(distinct):
+            make_photo(path, width + 8 * i, height)
+        originals = [distinct[i % len(distinct)] for i in range(args.count)]
+        one = run(["koniq"], 1, originals, work, args)
+        two = run(["koniq", "ava"], 1, originals, work, args)
+        separate = run(["koniq", "ava"], 2, originals, work, args)
+    print(
+        f"{args.count} photos of {args.size}, {args.variant}, {args.threads} threads, "
+        "embedded writes, SQLite index"
+    )
+    print(f"{'run':<38} {'s/photo':>8} {'photos/min':>11} {'vs one model':>13}")
+    for label, seconds in (
+        ("one model (koniq)", one),
+        ("two models, one pipeline pass", two),
+        ("two models, one pass each", separate),
+    ):
+        per = seconds / args.count
+        print(f"{label:<38} {per:>8.3f} {60 / per:>11.1f} {seconds / one:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
