@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from musiq_daemon.version import __version__
+
 __all__ = ["ScoreFailure", "ScoreRecord", "Scorer", "__version__", "score", "score_batch"]
 
 if TYPE_CHECKING:

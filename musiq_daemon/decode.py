@@ -123,17 +123,17 @@ def decode_image(
         raise ValueError(f"min_long_side must be positive, got {min_long_side}")
     if isinstance(source, str):
         source = Path(source)
-    label = _display(
+    label = display_name(
         name if name is not None else str(source) if isinstance(source, Path) else "<image data>"
     )
-    head = _read_head(source, label)
+    head = read_head(source, label)
     suffix = source.suffix if isinstance(source, Path) else ""
     fmt = sniff_format(head, suffix)
     if fmt is None:
         raise DecodeError(
             f"{label}: not a supported image format ({_describe(head)}); supported: {_SUPPORTED_TEXT}"
         )
-    request = _Request(label, min_long_side, apply_orientation, max_pixels)
+    request = DecodeRequest(label, min_long_side, apply_orientation, max_pixels)
     try:
         if fmt == "JPEG":
             return _decode_jpeg_file(_read_all(source, label), request)
@@ -180,7 +180,7 @@ def from_pil(image: Image.Image, *, apply_orientation: bool = True) -> DecodedIm
     except DecodeError:
         raise
     except Exception as exc:  # Pillow's plugins raise assorted types on bad data; this is the boundary
-        raise DecodeError(f"<PIL image>: cannot read the image data: {_one_line(exc)}") from None
+        raise DecodeError(f"<PIL image>: cannot read the image data: {one_line(exc)}") from None
     pixels = _finish(np.asarray(converted), orientation if apply_orientation and not container_applied else 1)
     stored = _stored_size(converted.size, orientation if container_applied else 1)
     applied = (container_applied or apply_orientation) and orientation != 1
@@ -231,7 +231,9 @@ def sniff_format(head: bytes, suffix: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class _Request:
+class DecodeRequest:
+    """What a decoder is asked for: shared with the content hash, which opens RAW files the same way."""
+
     label: str  # the file as shown in messages
     min_long_side: int | None
     apply_orientation: bool
@@ -287,31 +289,35 @@ def _describe(head: bytes) -> str:
     return f"unrecognised content starting with {head[:8].hex(' ')}"
 
 
-def _display(name: str) -> str:
+def display_name(name: str) -> str:
     """A file name safe for a one-line message (names may contain newlines or undecodable bytes)."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in name)
 
 
-def _one_line(exc: BaseException | str) -> str:
+def one_line(exc: BaseException | str) -> str:
+    """An exception's message (or a text) as one printable line, for an error message."""
     if isinstance(exc, BaseException):
         arg = exc.args[0] if len(exc.args) == 1 else None
         text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(exc) or type(exc).__name__
     else:
         text = exc
-    return _display(" ".join(text.split()))
+    return display_name(" ".join(text.split()))
 
 
-def _os_error(exc: OSError, label: str) -> DecodeError:
+def read_error(exc: OSError, label: str) -> DecodeError:
+    """The one-line :class:`DecodeError` for a photo ``label`` that could not be read."""
     if isinstance(exc, FileNotFoundError):
         return DecodeError(f"{label}: file not found")
     if isinstance(exc, IsADirectoryError):
         return DecodeError(f"{label}: is a directory, not an image file")
     if isinstance(exc, PermissionError):
         return DecodeError(f"{label}: permission denied; make the file readable by the user running musiqd")
-    return DecodeError(f"{label}: cannot read the file: {_one_line(exc.strerror or str(exc))}")
+    return DecodeError(f"{label}: cannot read the file: {one_line(exc.strerror or str(exc))}")
 
 
-def _read_head(source: Path | bytes, label: str) -> bytes:
+def read_head(source: Path | bytes, label: str) -> bytes:
+    """The first bytes of a photo, enough for :func:`sniff_format`. Directories, FIFOs, devices and empty
+    files are refused with a one-line :class:`DecodeError`, without reading them."""
     if isinstance(source, bytes):
         if not source:
             raise DecodeError(f"{label}: no image data (0 bytes)")
@@ -327,7 +333,7 @@ def _read_head(source: Path | bytes, label: str) -> bytes:
         with source.open("rb") as f:
             return f.read(_HEAD_BYTES)
     except OSError as exc:
-        raise _os_error(exc, label) from None
+        raise read_error(exc, label) from None
 
 
 def _read_all(source: Path | bytes, label: str) -> bytes:
@@ -336,10 +342,10 @@ def _read_all(source: Path | bytes, label: str) -> bytes:
     try:
         return source.read_bytes()
     except OSError as exc:
-        raise _os_error(exc, label) from None
+        raise read_error(exc, label) from None
 
 
-def _check_pixels(width: int, height: int, request: _Request) -> None:
+def _check_pixels(width: int, height: int, request: DecodeRequest) -> None:
     if width * height > request.max_pixels:
         raise DecodeError(
             f"{request.label}: image is {width}x{height} ({width * height / 1e6:.1f} megapixels), more than "
@@ -530,7 +536,7 @@ _TRUNCATED_JPEG: Final = (
 )
 
 
-def _jpeg_pixels(data: bytes, request: _Request) -> tuple[U8, str, tuple[int, int], int]:
+def _jpeg_pixels(data: bytes, request: DecodeRequest) -> tuple[U8, str, tuple[int, int], int]:
     """Decode JPEG ``data`` like the official pipeline: (pixels as stored, scale label, stored (w, h),
     EXIF orientation)."""
     label = request.label
@@ -559,7 +565,7 @@ def _jpeg_pixels(data: bytes, request: _Request) -> tuple[U8, str, tuple[int, in
         # the missing rows filled with grey.
         pixels = simplejpeg.decode_jpeg(data, strict=True, **kwargs)
     except ValueError as exc:
-        message = _one_line(exc)
+        message = one_line(exc)
         if "Premature end" in message:
             raise DecodeError(f"{label}: {_TRUNCATED_JPEG}") from None
         if message.startswith("Corrupt JPEG data") and "extraneous bytes" not in message:
@@ -570,7 +576,7 @@ def _jpeg_pixels(data: bytes, request: _Request) -> tuple[U8, str, tuple[int, in
         try:
             pixels = simplejpeg.decode_jpeg(data, strict=False, **kwargs)
         except ValueError as again:
-            raise DecodeError(f"{label}: cannot decode JPEG data: {_one_line(again)}") from None
+            raise DecodeError(f"{label}: cannot decode JPEG data: {one_line(again)}") from None
         if not _jpeg_complete(data):
             raise DecodeError(f"{label}: {_TRUNCATED_JPEG}") from None
     if cmyk:
@@ -580,7 +586,7 @@ def _jpeg_pixels(data: bytes, request: _Request) -> tuple[U8, str, tuple[int, in
 
 
 def _jpeg_pixels_pillow(
-    data: bytes, request: _Request, header: _JpegHeader
+    data: bytes, request: DecodeRequest, header: _JpegHeader
 ) -> tuple[U8, str, tuple[int, int], int]:
     """:func:`_jpeg_pixels` for JPEGs the fast decoder refuses, through Pillow's libjpeg: the same DCT
     scaling and CMYK conversion, but Pillow's accurate IDCT, so about one level off the official decoder
@@ -608,7 +614,7 @@ def _jpeg_pixels_pillow(
     except UnidentifiedImageError:
         raise DecodeError(f"{label}: corrupt JPEG header") from None
     except Exception as exc:  # Pillow's plugins raise assorted types on bad data; this is the boundary
-        raise DecodeError(f"{label}: corrupt or unsupported JPEG data: {_one_line(exc)}") from None
+        raise DecodeError(f"{label}: corrupt or unsupported JPEG data: {one_line(exc)}") from None
     scale = Fraction(pixels.shape[1], width) if pixels.shape[1] != width else None
     scale_label = "pillow-full" if scale is None else f"pillow-dct-{Fraction(1, round(1 / scale))}"
     return pixels, scale_label, (width, height), header.orientation
@@ -627,7 +633,7 @@ def _cmyk_to_rgb(cmyk: U8, adobe: bool) -> U8:
     return cmy.astype(np.uint8)
 
 
-def _decode_jpeg_file(data: bytes, request: _Request) -> DecodedImage:
+def _decode_jpeg_file(data: bytes, request: DecodeRequest) -> DecodedImage:
     pixels, scale, stored, orientation = _jpeg_pixels(data, request)
     applied = request.apply_orientation and orientation != 1
     return DecodedImage(
@@ -696,7 +702,7 @@ def _raw_tiff_format(image: Image.Image) -> str | None:
     return None
 
 
-def _decode_with_pillow(source: Path | bytes, fmt: str, request: _Request) -> DecodedImage:
+def _decode_with_pillow(source: Path | bytes, fmt: str, request: DecodeRequest) -> DecodedImage:
     label = request.label
     if fmt == "HEIF":
         _register_heif()
@@ -723,16 +729,16 @@ def _decode_with_pillow(source: Path | bytes, fmt: str, request: _Request) -> De
         raise DecodeError(f"{label}: corrupt {fmt} data (the header is not valid {fmt})") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(
-            f"{label}: refused by Pillow's decompression-bomb guard ({_one_line(exc)}); "
+            f"{label}: refused by Pillow's decompression-bomb guard ({one_line(exc)}); "
             "PIL.Image.MAX_IMAGE_PIXELS sets that limit"
         ) from None
     except OSError as exc:
         if isinstance(source, Path) and exc.filename is not None:
-            raise _os_error(exc, label) from None
+            raise read_error(exc, label) from None
         what = "truncated" if "truncated" in str(exc) else "corrupt or unsupported"
-        raise DecodeError(f"{label}: {fmt} data is {what}: {_one_line(exc)}") from None
+        raise DecodeError(f"{label}: {fmt} data is {what}: {one_line(exc)}") from None
     except Exception as exc:  # Pillow's plugins raise assorted types on bad data; this is the boundary
-        raise DecodeError(f"{label}: corrupt {fmt} data: {_one_line(exc)}") from None
+        raise DecodeError(f"{label}: corrupt {fmt} data: {one_line(exc)}") from None
     if container_applied:
         stored = _stored_size(image.size, orientation)
         apply, applied = 1, orientation != 1
@@ -750,8 +756,8 @@ def _decode_with_pillow(source: Path | bytes, fmt: str, request: _Request) -> De
 _FLIP_TO_EXIF: Final = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
 
-def _raw_error(exc: Exception, request: _Request, fmt: str) -> DecodeError:
-    label, message = request.label, _one_line(exc)
+def _raw_error(exc: Exception, request: DecodeRequest, fmt: str) -> DecodeError:
+    label, message = request.label, one_line(exc)
     if isinstance(exc, rawpy.LibRawFileUnsupportedError):
         return DecodeError(
             f"{label}: not a {fmt[4:]} file the RAW decoder can read (unsupported camera or corrupt file)"
@@ -765,7 +771,7 @@ def _raw_error(exc: Exception, request: _Request, fmt: str) -> DecodeError:
     return DecodeError(f"{label}: cannot decode RAW data: {message}")
 
 
-def _raw_preview(raw: rawpy.RawPy, min_long_side: int, request: _Request) -> tuple[U8, str] | None:
+def _raw_preview(raw: rawpy.RawPy, min_long_side: int, request: DecodeRequest) -> tuple[U8, str] | None:
     """The embedded preview when its long side reaches ``min_long_side`` and it decodes cleanly."""
     try:
         thumb = raw.extract_thumb()
@@ -791,7 +797,7 @@ def _raw_preview(raw: rawpy.RawPy, min_long_side: int, request: _Request) -> tup
 
 
 @contextlib.contextmanager
-def open_raw(source: Path | bytes, request: _Request, fmt: str) -> Iterator[rawpy.RawPy]:
+def open_raw(source: Path | bytes, request: DecodeRequest, fmt: str) -> Iterator[rawpy.RawPy]:
     """A LibRaw handle on a camera RAW file, closed afterwards; LibRaw's and the file system's errors,
     also those raised while it is used, become one-line :class:`DecodeError`s."""
     raw = rawpy.RawPy()
@@ -807,12 +813,12 @@ def open_raw(source: Path | bytes, request: _Request, fmt: str) -> Iterator[rawp
     except (rawpy.LibRawError, MemoryError) as exc:
         raise _raw_error(exc, request, fmt) from None
     except OSError as exc:
-        raise _os_error(exc, request.label) from None
+        raise read_error(exc, request.label) from None
     finally:
         raw.close()
 
 
-def _decode_raw(source: Path | bytes, fmt: str, request: _Request) -> DecodedImage:
+def _decode_raw(source: Path | bytes, fmt: str, request: DecodeRequest) -> DecodedImage:
     with open_raw(source, request, fmt) as raw:
         sizes = raw.sizes
         width, height = sizes.width, sizes.height

@@ -364,7 +364,9 @@ def test_missing_tensorflow_is_explained(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
-    assert result.stdout == "converting needs TensorFlow: pip install 'musiq-daemon[convert]'\n"
+    assert result.stdout == (
+        "converting needs TensorFlow: run .venv/bin/pip install -e '.[convert]' in the musiqd checkout\n"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -29,9 +29,12 @@ from typer.testing import CliRunner, Result
 
 from musiq_daemon.cli import app
 from musiq_daemon.config import DEFAULT_EXCLUDE, Config
+from musiq_daemon.daemon.lock import InstanceLock
+from musiq_daemon.daemon.mounts import MountTable
 from musiq_daemon.daemon.scan import ingest_file, scan_root
-from musiq_daemon.daemon.service import InstanceLock, read_state, sd_notify
-from musiq_daemon.daemon.watch import MountTable, choose_observer
+from musiq_daemon.daemon.state import read_state
+from musiq_daemon.daemon.systemd import sd_notify
+from musiq_daemon.daemon.watch import choose_observer
 from musiq_daemon.errors import AlreadyRunningError, UsageError
 from musiq_daemon.index import IndexDB, open_index
 from musiq_daemon.index.models import Job, Photo, Score, WrittenFile
@@ -667,8 +670,8 @@ def test_inotify_instance_limit_falls_back_to_polling(
     import errno
     import resource
 
-    from musiq_daemon.daemon.scan import PathFilter
     from musiq_daemon.daemon.watch import INOTIFY_LIMIT_MESSAGE, RootWatcher, Settler
+    from musiq_daemon.discover import PathFilter
 
     try:
         limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())

@@ -99,7 +99,7 @@ def test_engine_rejects_malformed_tokens(models_root: Path) -> None:
 
 QUIET_STDERR_RACE = r"""
 import logging, os, sys, threading, time
-from musiq_daemon.daemon.service import configure_logging
+from musiq_daemon.daemon.systemd import configure_logging
 from musiq_daemon.runtime import _quiet_stderr
 
 configure_logging()

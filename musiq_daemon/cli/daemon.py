@@ -12,27 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from musiq_daemon.cli.config import CONFIG_HELP
-from musiq_daemon.cli.query import DB_HELP
+from musiq_daemon.cli.options import CONFIG_OPTION, DB_OPTION, load
 from musiq_daemon.errors import UsageError
 
 if TYPE_CHECKING:
     from musiq_daemon.config import Config
-    from musiq_daemon.daemon.scan import PathFilter
+    from musiq_daemon.discover import PathFilter
     from musiq_daemon.index import IndexDB
 
 # Heavy modules (watchdog, SQLAlchemy, the model runtime) are imported inside the commands.
 
-_CONFIG_OPTION = typer.Option(None, "--config", "-c", help=CONFIG_HELP, dir_okay=False)
-_DB_OPTION = typer.Option(None, "--db", help=DB_HELP + " Overrides the configuration's database.")
 #: A state row older than this (3 heartbeats) belongs to a daemon that is gone (or on a hung machine).
 STALE_AFTER_S = 15.0
-
-
-def _load(config: Path | None, overrides: dict[str, object] | None = None) -> Config:
-    from musiq_daemon.config import load_config
-
-    return load_config(config, overrides=overrides or {})
 
 
 def _open(config: Config) -> IndexDB:
@@ -43,8 +34,8 @@ def _open(config: Config) -> IndexDB:
 
 def watch(
     roots: list[Path] = typer.Argument(None, help="Folders to watch (default: roots in the configuration)."),
-    config: Path | None = _CONFIG_OPTION,
-    database: str = _DB_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    database: str = DB_OPTION,
     models: list[str] = typer.Option(None, "--model", "-m", help="Model ID; repeat for several."),
     variant: str = typer.Option(None, "--variant", help="Model variant (fp32, fp16, dynamic-int8)."),
     device: str = typer.Option(None, "--device", help="auto, cpu or gpu."),
@@ -68,7 +59,8 @@ def watch(
     Ctrl-C; SIGHUP reloads the configuration (options given here stay). One daemon per index database
     (exit code 13 for a second one).
     """
-    from musiq_daemon.daemon.service import configure_logging, run_service
+    from musiq_daemon.daemon.service import run_service
+    from musiq_daemon.daemon.systemd import configure_logging
 
     overrides: dict[str, object] = {
         "database": database, "models": models or None, "variant": variant, "device": device,
@@ -78,22 +70,23 @@ def watch(
     }  # fmt: skip
     if roots:
         overrides["roots"] = roots
-    loaded = _load(config, overrides)
+    loaded = load(config, overrides)
     configure_logging(verbose)
-    code = run_service(loaded, reload=lambda: _load(config, overrides))
+    code = run_service(loaded, reload=lambda: load(config, overrides))
     raise typer.Exit(code)
 
 
 def status(
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
-    config: Path | None = _CONFIG_OPTION,
-    database: str = _DB_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    database: str = DB_OPTION,
 ) -> None:
     """Show the daemon's state, queue, throughput, ETA, last errors, models and device."""
+    from musiq_daemon.daemon.lock import daemon_running
     from musiq_daemon.daemon.queue import queue_counts, recent_failures
-    from musiq_daemon.daemon.service import daemon_running, read_state
+    from musiq_daemon.daemon.state import read_state
 
-    db = _open(_load(config, {"database": database}))
+    db = _open(load(config, {"database": database}))
     try:
         row = read_state(db)
         counts = queue_counts(db)
@@ -181,20 +174,21 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def pause(config: Path | None = _CONFIG_OPTION, database: str = _DB_OPTION) -> None:
+def pause(config: Path | None = CONFIG_OPTION, database: str = DB_OPTION) -> None:
     """Stop scoring (the running photo finishes); new photos are still found and queued."""
     _set_paused(config, database, paused=True)
 
 
-def resume(config: Path | None = _CONFIG_OPTION, database: str = _DB_OPTION) -> None:
+def resume(config: Path | None = CONFIG_OPTION, database: str = DB_OPTION) -> None:
     """Resume scoring after `musiqd pause` (quiet hours still apply)."""
     _set_paused(config, database, paused=False)
 
 
 def _set_paused(config: Path | None, database: str | None, *, paused: bool) -> None:
-    from musiq_daemon.daemon.service import daemon_running, set_paused
+    from musiq_daemon.daemon.lock import daemon_running
+    from musiq_daemon.daemon.state import set_paused
 
-    db = _open(_load(config, {"database": database}))
+    db = _open(load(config, {"database": database}))
     try:
         set_paused(db, paused)
         running = daemon_running(db.url)
@@ -210,15 +204,15 @@ def rescore(
     model: str = typer.Option(..., "--model", "-m", help="Model id to score with."),
     missing: bool = typer.Option(False, "--missing", help="Photos without a score of this model."),
     all_photos: bool = typer.Option(False, "--all", help="Every photo, scored or not."),
-    config: Path | None = _CONFIG_OPTION,
-    database: str = _DB_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    database: str = DB_OPTION,
 ) -> None:
     """Queue photos of the index for a model (the running daemon scores them)."""
     from musiq_daemon.daemon.queue import rescore as queue_rescore
 
     if missing == all_photos:
         raise UsageError("choose one of --missing and --all")
-    loaded = _load(config, {"database": database})
+    loaded = load(config, {"database": database})
     if model not in loaded.models:
         typer.echo(
             f"musiqd: note: {model} is not among the configured models ({', '.join(loaded.models)}): "
@@ -236,19 +230,20 @@ def rescore(
 
 def notify(
     paths: list[Path] = typer.Argument(..., help="Complete photo files to queue now."),
-    config: Path | None = _CONFIG_OPTION,
-    database: str = _DB_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    database: str = DB_OPTION,
 ) -> None:
     """Queue photos that another tool knows are complete (no waiting for the watcher's quiet period).
 
     Each file must be under a root of the configuration or of the running daemon. Exit code 1 when some
     could not be queued (each is reported).
     """
-    from musiq_daemon.daemon.scan import PathFilter, ingest_file
-    from musiq_daemon.daemon.service import read_state
+    from musiq_daemon.daemon.scan import ingest_file
+    from musiq_daemon.daemon.state import read_state
+    from musiq_daemon.discover import PathFilter
     from musiq_daemon.index.paths import decode_path
 
-    loaded = _load(config, {"database": database})
+    loaded = load(config, {"database": database})
     db = _open(loaded)
     problems = 0
     try:

@@ -1,41 +1,31 @@
 """``musiqd watch``: the daemon's main loop.
 
-Start-up: take the single-instance lock, lower the process's CPU and I/O priority, requeue jobs a killed
-daemon left running, remove its stale temporary files, start the watchers (before the scan, so that no
-photo arriving during the scan is missed) and the workers, then scan every root. READY=1 goes to systemd
-once the initial scan has queued everything; a long first scan keeps extending systemd's start timeout.
+Start-up: take the single-instance lock (:mod:`.lock`), lower the process's CPU and I/O priority
+(:mod:`.priority`), requeue jobs a killed daemon left running, remove its stale temporary files, start
+the watchers (before the scan, so that no photo arriving during the scan is missed) and the workers, then
+scan every root. READY=1 goes to systemd (:mod:`.systemd`) once the initial scan has queued everything; a
+long first scan keeps extending systemd's start timeout (:mod:`.progress`).
 
 The main thread only keeps time: signals, pause and quiet hours, the systemd watchdog, the state row that
-``musiqd status`` reads, root health, reloads. Scans run in a thread of their own, the settler and the
-observers in theirs, scoring in the workers'.
+``musiqd status`` reads (:mod:`.state`), root health, reloads. Scans run in a thread of their own, the
+settler and the observers in theirs, scoring in the workers'.
 
 Signals: SIGTERM and SIGINT stop within seconds (a worker finishes or requeues its photo), SIGHUP reloads
 the configuration (changed roots or observer settings restart the watchers and rescan; model settings
 restart the workers; the database, nice and ionice need a restart).
-
-Single instance: an exclusive ``flock`` on a lock file next to the SQLite index (``<index>.lock``), or,
-for a database server, in the data directory keyed by a hash of the URL. The kernel drops the lock when
-the process dies, also on kill -9, so a stale lock never blocks a restart. The lock file holds the pid
-for the error message and for ``musiqd status``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import platform
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,8 +34,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.engine import make_url
 
+from musiq_daemon.daemon.lock import InstanceLock
+from musiq_daemon.daemon.mounts import MountTable
+from musiq_daemon.daemon.priority import lower_priority
+from musiq_daemon.daemon.progress import ScanProgressDisplay
 from musiq_daemon.daemon.scan import (
-    PathFilter,
     ScanProgress,
     has_photos,
     ingest_file,
@@ -55,15 +48,16 @@ from musiq_daemon.daemon.scan import (
     root_unavailable,
     scan_root,
 )
-from musiq_daemon.daemon.watch import MountTable, RootWatcher, Settler
-from musiq_daemon.errors import AlreadyRunningError, MusiqError, UsageError
+from musiq_daemon.daemon.state import read_state, write_state
+from musiq_daemon.daemon.systemd import sd_notify, watchdog_interval
+from musiq_daemon.daemon.watch import RootWatcher, Settler
+from musiq_daemon.discover import PathFilter
+from musiq_daemon.errors import MusiqError, UsageError
 from musiq_daemon.index.db import url_for
-from musiq_daemon.index.models import DaemonState
 from musiq_daemon.index.paths import encode_path
 from musiq_daemon.index.records import now
 from musiq_daemon.metadata.safefile import cleanup_stale_temps
-from musiq_daemon.native_log import STDERR_LOCK
-from musiq_daemon.paths import data_dir
+from musiq_daemon.version import __version__
 
 if TYPE_CHECKING:
     from musiq_daemon.config import Config
@@ -72,18 +66,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("musiqd")
 
-STATE_ROW: Final = 1
 HEARTBEAT_S: Final = 5.0  # state row and systemd STATUS
 ROOT_CHECK_S: Final = 10.0  # unmounted shares, dead observers
 SCAN_RETRY_S: Final = 60.0  # a scan that failed (the index busy or unreachable) is tried again after this
-PROGRESS_LOG_S: Final = 5.0  # scan progress lines when stderr is not a terminal
 STOP_GRACE_S: Final = 4.0  # workers get this long to finish or requeue their photo
 # An idle worker looks for due jobs (retries, jobs queued by `musiqd notify` or `rescore`) this often: a
 # claim costs about 2 ms, i.e. 0.1% of a core at this interval. The daemon's own new jobs wake it at once
 # (_WorkerSignal).
 WORKER_POLL_S: Final = 2.0
-# Extends systemd's start timeout while the initial scan runs (a first scan of a big share takes minutes).
-START_EXTEND_USEC: Final = 60_000_000
 # Fields whose change needs new watchers (and a rescan), new workers, or a restart.
 _WATCH_FIELDS: Final = ("roots", "include", "exclude", "observer", "poll_interval")
 _WORKER_FIELDS: Final = (
@@ -91,211 +81,6 @@ _WORKER_FIELDS: Final = (
     "retry_backoff",
 )  # fmt: skip
 _RESTART_FIELDS: Final = ("database", "nice", "ioclass")
-
-
-# --- logging -----------------------------------------------------------------------------------------------
-
-_SYSLOG_PRIORITY: Final = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-
-class _JournalFormatter(logging.Formatter):
-    """``<priority>LEVEL message``: journald takes the prefix as the entry's priority (``journalctl -p``)
-    and strips it; it adds the time itself."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
-        return f"<{prio}>{record.levelname} {super().format(record)}"
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is now, so that log lines go above a running progress bar, and
-    never while the inference runtime has silenced file descriptor 2 (``runtime.STDERR_LOCK``)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with STDERR_LOCK:
-            self.setStream(sys.stderr)
-            super().emit(record)
-
-
-def under_journal(env: Mapping[str, str] = os.environ) -> bool:
-    """stderr is connected to journald ($JOURNAL_STREAM names stderr's device and inode)."""
-    value = env.get("JOURNAL_STREAM", "")
-    try:
-        dev, ino = (int(part) for part in value.split(":"))
-        info = os.fstat(2)
-    except (ValueError, OSError):
-        return False
-    return (info.st_dev, info.st_ino) == (dev, ino)
-
-
-def configure_logging(verbose: bool = False) -> None:
-    handler = _StderrHandler()
-    if under_journal():
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # Their INFO lines are one per event (watchdog) or plugin (alembic): noise in a service's journal.
-    logging.getLogger("watchdog").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-# --- systemd -----------------------------------------------------------------------------------------------
-
-
-def sd_notify(message: str, env: Mapping[str, str] = os.environ) -> bool:
-    """Send ``message`` (e.g. ``READY=1``) to systemd's notification socket; False when not under
-    systemd or the socket is unreachable. The protocol is one datagram on an AF_UNIX socket; ``@``
-    names a socket in the abstract namespace."""
-    address = env.get("NOTIFY_SOCKET", "")
-    if not address or address[0] not in "/@":
-        return False
-    if address[0] == "@":
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message.encode(), address)
-    except OSError as exc:
-        log.debug("sd_notify failed: %s", exc)
-        return False
-    return True
-
-
-def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
-    """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC, when the watchdog is meant for us."""
-    usec = env.get("WATCHDOG_USEC", "")
-    pid = env.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 2e6
-
-
-# --- single instance ---------------------------------------------------------------------------------------
-
-
-def lock_path(url: str) -> Path:
-    """Where the single-instance lock of the index at ``url`` lives."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        return Path(f"{parsed.database}.lock")
-    shown = parsed.render_as_string(hide_password=True)
-    return data_dir() / "locks" / f"{hashlib.sha256(shown.encode()).hexdigest()[:16]}.lock"
-
-
-class InstanceLock:
-    """An exclusive flock held for the daemon's lifetime (see the module doc)."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self._fd = path, fd
-
-    @classmethod
-    def acquire(cls, url: str) -> InstanceLock:
-        path = lock_path(url)
-        shown = make_url(url).render_as_string(hide_password=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise MusiqError(f"cannot lock {path}: {exc.strerror}") from None
-            pid = lock_holder(path)
-            raise AlreadyRunningError(
-                f"another musiqd is already running on {shown} (pid {pid if pid else 'unknown'})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return cls(path, fd)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = -1
-
-
-def lock_holder(path: Path) -> int | None:
-    """The pid written in a lock file (None when unreadable)."""
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def daemon_running(url: str) -> bool | None:
-    """A daemon holds the lock of this index on this machine (a shared lock is tried, and dropped); None
-    when there is no lock file to ask."""
-    path = lock_path(url)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-# --- priority ----------------------------------------------------------------------------------------------
-
-# ioprio_set(2) has no wrapper in Python's os module; its number differs per architecture.
-_IOPRIO_SET: Final = {"x86_64": 251, "i386": 289, "i686": 289, "aarch64": 30, "riscv64": 30, "armv7l": 314,
-                      "armv6l": 314, "ppc64le": 273, "ppc64": 273, "s390x": 282}  # fmt: skip
-_IOPRIO_CLASSES: Final = {"best-effort": 2, "idle": 3}
-
-
-def lower_priority(nice: int, ioclass: str) -> None:
-    """Best effort, logged: ``nice`` and I/O class for the whole process. Called before any thread starts:
-    Linux keeps both per thread, and new threads inherit them from their creator."""
-    if nice:
-        # An absolute level that only goes down in priority: under systemd (Nice=10) os.nice() would add
-        # up to 19; a process already nicer than asked stays as it is.
-        try:
-            current = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, 0, max(current, nice))
-            log.info("CPU priority: nice %d", os.getpriority(os.PRIO_PROCESS, 0))
-        except OSError as exc:
-            log.warning("cannot set nice %d: %s", nice, exc.strerror)
-    if ioclass not in _IOPRIO_CLASSES:
-        return
-    number = _IOPRIO_SET.get(platform.machine())
-    if number is None or not sys.platform.startswith("linux"):
-        log.warning("ionice %s: not supported on this platform", ioclass)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    value = _IOPRIO_CLASSES[ioclass] << 13 | (7 if ioclass == "best-effort" else 0)  # lowest level
-    if libc.syscall(number, 1, 0, value) != 0:  # IOPRIO_WHO_PROCESS, this process
-        log.warning("cannot set I/O class %s: %s", ioclass, os.strerror(ctypes.get_errno()))
-    else:
-        log.info("I/O priority: %s", ioclass)
-
-
-# --- the state row -----------------------------------------------------------------------------------------
-
-
-def read_state(db: IndexDB) -> DaemonState | None:
-    with db.session() as session:
-        return session.get(DaemonState, STATE_ROW)
-
-
-def write_state(db: IndexDB, **values: Any) -> None:
-    """Update the state row, creating it when needed."""
-    with db.session() as session:
-        row = session.get(DaemonState, STATE_ROW)
-        if row is None:
-            row = DaemonState(id=STATE_ROW, state="stopped", paused=False, done=0, failed=0, busy_s=0.0)
-            session.add(row)
-        for key, value in values.items():
-            setattr(row, key, value)
-
-
-def set_paused(db: IndexDB, paused: bool) -> None:
-    write_state(db, paused=paused)
 
 
 # --- the service -------------------------------------------------------------------------------------------
@@ -385,7 +170,7 @@ class Service:
         try:
             lower_priority(self.config.nice, self.config.ioclass)
             self._db = open_index(self.config.database)
-            log.info("musiqd %s watching %s (index %s)", _version(), _roots_text(self.config.roots),
+            log.info("musiqd %s watching %s (index %s)", __version__, _roots_text(self.config.roots),
                      make_url(url).render_as_string(hide_password=True))  # fmt: skip
             requeued = requeue_stale(self.db)
             if requeued:
@@ -693,7 +478,7 @@ class Service:
         if state is not None and state.unavailable is not None:
             log.warning("root %s unavailable: skipped (%s)", root, state.unavailable)
             return
-        with _ScanProgressDisplay(root, initial=not self._initial_scan_done) as show:
+        with ScanProgressDisplay(root, initial=not self._initial_scan_done) as show:
 
             def progress(at: ScanProgress) -> None:
                 show(at)
@@ -719,20 +504,13 @@ class Service:
     def _make_workers(self) -> list[Worker]:
         """Workers with their models loaded (here, in the main thread: a missing model stops the start-up
         with its own message and exit code)."""
-        from musiq_daemon.api import Scorer
         from musiq_daemon.daemon.worker import Worker
-        from musiq_daemon.preprocess import ResolutionPolicy
+        from musiq_daemon.pipeline import build_scorers
 
         config = self.config
-        policy = ResolutionPolicy.parse(config.resolution) if config.resolution else None
         workers = []
         for _ in range(config.workers):
-            # One scorer per model and worker: an inference engine is not shared between threads.
-            scorers = {
-                model: Scorer(model, config.variant, device=config.device, threads=config.threads,
-                              policy=policy, max_pixels=config.max_pixels)
-                for model in config.models
-            }  # fmt: skip
+            scorers = build_scorers(config)  # per worker: an engine is not shared between threads
             self._device = next(iter(scorers.values())).device
             workers.append(
                 Worker(self.db, scorers, write_policy=config.write, retries=config.retries,
@@ -812,46 +590,6 @@ class Service:
         write_state(self.db, roots=_roots_json(self.config.roots), models=",".join(self.config.models))
 
 
-class _ScanProgressDisplay:
-    """A progress bar on a terminal; otherwise a log line every few seconds (journald, files)."""
-
-    def __init__(self, root: Path, *, initial: bool) -> None:
-        self._root, self._initial = root, initial
-        self._bar: Any = None
-        self._task: Any = None
-        self._next_log = time.monotonic() + PROGRESS_LOG_S
-
-    def __enter__(self) -> Callable[[ScanProgress], None]:
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("scanning {task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-            )  # fmt: skip
-            self._bar.start()
-            self._task = self._bar.add_task(str(self._root), total=None)
-        return self.update
-
-    def update(self, progress: ScanProgress) -> None:
-        if self._bar is not None:
-            # The index's count is the expected total on a rescan; on a first scan it is unknown.
-            total = progress.expected if progress.expected >= progress.files else None
-            self._bar.update(self._task, completed=progress.files, total=total)
-        elif time.monotonic() >= self._next_log:
-            self._next_log = time.monotonic() + PROGRESS_LOG_S
-            log.info("scanning %s: %d photos so far", self._root, progress.files)
-        if self._initial:
-            # Keeps systemd from timing out a long first scan, and shows where it is.
-            sd_notify(f"EXTEND_TIMEOUT_USEC={START_EXTEND_USEC}\nSTATUS=scanning {self._root}: "
-                      f"{progress.files} photos")  # fmt: skip
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 def _roots_json(roots: Sequence[Path]) -> str:
     return json.dumps([encode_path(root) for root in roots])
 
@@ -866,27 +604,10 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _version() -> str:
-    from musiq_daemon import __version__
-
-    return __version__
-
-
 def run_service(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; returns the exit code. ``reload`` gives the
     configuration anew on SIGHUP (the roots of ``config`` are watched: command-line roots belong in it)."""
     return Service(config, reload=reload).run()
 
 
-__all__ = [
-    "InstanceLock",
-    "configure_logging",
-    "daemon_running",
-    "lock_path",
-    "read_state",
-    "run_service",
-    "sd_notify",
-    "set_paused",
-    "watchdog_interval",
-    "write_state",
-]
+__all__ = ["Service", "run_service"]

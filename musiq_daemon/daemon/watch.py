@@ -39,7 +39,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import stat
 import sys
 import threading
@@ -63,7 +62,8 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, EventEmitter, EventQueue, ObservedWatch
 
-from musiq_daemon.daemon.scan import PathFilter
+from musiq_daemon.daemon.mounts import MountTable as MountTable  # re-exported for daemon/service.py
+from musiq_daemon.discover import PathFilter, walk
 from musiq_daemon.errors import DecodeError
 from musiq_daemon.metadata.content_hash import content_hash_file
 
@@ -71,13 +71,6 @@ log = logging.getLogger("musiqd.watch")
 
 ObserverMode = Literal["native", "poll"]
 
-#: Filesystems whose changes by other machines produce no inotify events.
-NETWORK_FILESYSTEMS: Final = frozenset(
-    {
-        "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "fuse", "sshfs", "ceph", "glusterfs",
-        "afs", "davfs", "vboxsf", "vmhgfs", "drvfs", "lustre", "beegfs", "gpfs", "ncpfs", "coda",
-    }
-)  # fmt: skip
 INOTIFY_LIMIT_MESSAGE: Final = (
     "inotify watch limit reached: sysctl fs.inotify.max_user_watches=524288 (or use observer = poll)"
 )
@@ -85,52 +78,6 @@ _EVENTS: Final = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
     DirMovedEvent, DirDeletedEvent,
 ]  # fmt: skip
-_OCTAL_ESCAPE: Final = re.compile(rb"\\([0-7]{3})")
-
-
-# --- mounts ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mount:
-    point: str
-    fstype: str
-
-    @property
-    def is_network(self) -> bool:
-        return self.fstype in NETWORK_FILESYSTEMS or self.fstype.startswith("fuse.")
-
-
-class MountTable:
-    """The mounts of /proc/mounts, for finding the filesystem a path is on."""
-
-    def __init__(self, mounts: list[Mount]) -> None:
-        # Later entries mount over earlier ones at the same point.
-        self._by_point = {m.point: m for m in mounts}
-
-    @classmethod
-    def read(cls, source: Path = Path("/proc/mounts")) -> MountTable:
-        try:
-            data = source.read_bytes()
-        except OSError:  # not Linux, or /proc not mounted: every root counts as local
-            return cls([])
-        mounts = []
-        for line in data.splitlines():
-            fields = line.split()
-            if len(fields) >= 3:
-                point = _OCTAL_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), fields[1])  # \040 is a space
-                mounts.append(Mount(os.fsdecode(point), os.fsdecode(fields[2])))
-        return cls(mounts)
-
-    def mount_for(self, path: Path | str) -> Mount:
-        """The mount with the longest mount point containing ``path`` (symbolic links resolved)."""
-        real = os.path.realpath(path)
-        best = Mount("/", "unknown")
-        for point, mount in self._by_point.items():
-            inside = real == point or real.startswith(point.rstrip("/") + "/")
-            if inside and len(point) >= len(best.point):
-                best = mount
-        return best
 
 
 def choose_observer(root: Path, setting: str, mounts: MountTable) -> tuple[ObserverMode, str]:
@@ -358,18 +305,12 @@ class _Handler(FileSystemEventHandler):
         return self._filter.path_wanted(path, self._root)
 
     def _folder_wanted(self, path: str) -> bool:
-        rel = os.path.relpath(path, self._root)
-        if rel == "." or rel.startswith(".."):
-            return False
-        return not any(self._filter.dir_excluded(part) for part in rel.split("/"))
+        return self._filter.folder_wanted(path, self._root)
 
     def _moved_in_folder(self, folder: str) -> None:
         """A folder renamed into the root: its photos are complete (inotify reports them as created)."""
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = [d for d in dirnames if not self._filter.dir_excluded(d)]
-            for name in filenames:
-                if self._filter.file_wanted(name):
-                    self._settler.touch(f"{dirpath}/{name}", "moved-in")
+        for found in walk(folder, self._filter):
+            self._settler.touch(found.entry.path, "moved-in")
 
 
 _KINDS: Final[dict[str, EventKind]] = {
@@ -515,30 +456,20 @@ class _PollingEmitter(EventEmitter):
                 self.queue_event(FileModifiedEvent(path))
 
     def _walk(self, previous: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
-        root = os.fsdecode(self.watch.path)
         files: dict[str, tuple[int, int, int]] = {}
-        pending = [root]
-        while pending:
-            folder = pending.pop()
+
+        def unreadable(folder: str, rel: str, exc: OSError) -> None:
+            if not rel:
+                raise exc  # the root: queue_events reports it
+            prefix = folder + "/"
+            files.update((p, v) for p, v in previous.items() if p.startswith(prefix))
+
+        for found in walk(os.fsdecode(self.watch.path), self._filter, on_error=unreadable):
             try:
-                with os.scandir(folder) as entries:
-                    found = list(entries)
-            except OSError:
-                if folder == root:
-                    raise
-                prefix = folder + "/"
-                files.update((p, v) for p, v in previous.items() if p.startswith(prefix))
+                info = found.entry.stat(follow_symlinks=False)
+            except OSError:  # gone between listing and stat
                 continue
-            for entry in found:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if not self._filter.dir_excluded(entry.name):
-                            pending.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False) and self._filter.file_wanted(entry.name):
-                        info = entry.stat(follow_symlinks=False)
-                        files[entry.path] = (info.st_ino, info.st_size, info.st_mtime_ns)
-                except OSError:  # gone between listing and stat
-                    continue
+            files[found.entry.path] = (info.st_ino, info.st_size, info.st_mtime_ns)
         return files
 
 

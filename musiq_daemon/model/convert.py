@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-import musiq_daemon
 from musiq_daemon.errors import ConversionError
 from musiq_daemon.model.checkpoint import STD_CONV_KERNELS, standardize_kernel
 from musiq_daemon.model.config import (
@@ -50,6 +49,7 @@ from musiq_daemon.model.config import (
 )
 from musiq_daemon.model.reference import GN_ROOT_EPSILON, GN_UNIT_EPSILON, GROUPS, LN_EPSILON
 from musiq_daemon.native_log import capture_native_stderr
+from musiq_daemon.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ OUTPUT_LAYOUT = (
     "float32 [1, num_classes]: the head output (a MOS for 1 class, logits over score bins 1..10 for 10)"
 )
 
-_TF_MISSING = "converting needs TensorFlow: pip install 'musiq-daemon[convert]'"
+_TF_MISSING = "converting needs TensorFlow: run .venv/bin/pip install -e '.[convert]' in the musiqd checkout"
 
 # Added to the attention logits of padding keys. The official model adds -1e10; any value that drives
 # exp() to exactly zero gives the same result, and this one stays finite in IEEE half precision, should
@@ -137,7 +137,7 @@ def convert_checkpoint(
         "variant": variant,
         "num_classes": config.num_classes,
         "config": asdict(config),
-        "musiq_daemon_version": musiq_daemon.__version__,
+        "musiq_daemon_version": __version__,
         "tensorflow_version": tf.__version__,
         "tflite_file": out_path.name,
         "tflite_sha256": hashlib.sha256(flatbuffer).hexdigest(),
