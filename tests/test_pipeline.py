@@ -177,9 +177,10 @@ def test_score_honours_the_configuration_and_skips_what_is_scored(
 
     assert [p.read_bytes() for p in paths] == before  # index-only: the photos are untouched
     rows = [json.loads(line) for line in first.stdout.splitlines()]
+    names = ["IMG_0000.jpg", "IMG_0001.jpg"]
     assert sorted((r["model_id"], Path(r["path"]).name) for r in rows) == [
-        ("ava", "IMG_0000.jpg"), ("ava", "IMG_0001.jpg"), ("koniq", "IMG_0000.jpg"), ("koniq", "IMG_0001.jpg"),
-    ]  # fmt: skip
+        (model, name) for model in ("ava", "koniq") for name in names
+    ]
     assert all(r["written"]["target"] == "none" for r in rows)
     assert first.stderr.splitlines()[-1].startswith("musiqd: 2 scored, 0 skipped")
 

@@ -44,8 +44,7 @@ from sqlalchemy.orm import Session
 
 from musiq_daemon.daemon.mounts import MountTable
 from musiq_daemon.daemon.queue import adopt_moved, enqueue, follow_sidecars
-from musiq_daemon.discover import PathFilter as PathFilter  # re-exported for daemon/service.py
-from musiq_daemon.discover import walk
+from musiq_daemon.discover import PathFilter, walk
 from musiq_daemon.errors import DecodeError
 from musiq_daemon.index.models import Job, Photo, WrittenFile
 from musiq_daemon.index.paths import decode_path, encode_path

@@ -62,7 +62,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, EventEmitter, EventQueue, ObservedWatch
 
-from musiq_daemon.daemon.mounts import MountTable as MountTable  # re-exported for daemon/service.py
+from musiq_daemon.daemon.mounts import MountTable
 from musiq_daemon.discover import PathFilter, walk
 from musiq_daemon.errors import DecodeError
 from musiq_daemon.metadata.content_hash import content_hash_file
