@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 
 def score(
-    paths: list[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Photos or folders (searched recursively).", metavar="PATHS"
+    ),
     config: Path | None = CONFIG_OPTION,
     database: str = DB_OPTION,
     models: list[str] = typer.Option(None, "--model", "-m", help="Model id; repeat for several."),
@@ -48,7 +50,7 @@ def score(
     no_index: bool = typer.Option(False, "--no-index", help="Do not record the scores in the index."),
     force: bool = typer.Option(False, "--force", help="Score photos the index already has scores for."),
 ) -> None:
-    """Score photos with MUSIQ; print score, raw score, model, variant, device and path.
+    """Score photos (files or folders) with every configured model.
 
     Settings (models, variant, write mode, star thresholds, roots, database) come from the configuration
     file and environment (`musiqd config show`); options override them. Scores are recorded in the index

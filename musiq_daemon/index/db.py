@@ -87,7 +87,12 @@ def _make_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
-        raise IndexDatabaseError(f"no database driver for '{parsed.drivername}': {exc}") from None
+        hint = (
+            "; run .venv/bin/pip install -e '.[postgresql]' in the musiqd checkout"
+            if parsed.get_backend_name() == "postgresql"
+            else ""
+        )
+        raise IndexDatabaseError(f"no database driver for '{parsed.drivername}': {exc}{hint}") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
