@@ -41,7 +41,7 @@ def ensure_models(cache: Path, variant: str) -> Path:
 
 def run(models: list[str], passes: int, originals: list[Path], work: Path, args: argparse.Namespace) -> float:
     """Seconds for ``passes`` pipeline runs over fresh copies (each pass with ``len(models)//passes``
-    models), start-up (model loading) excluded."""
+    models), start-up (model loading, the first inference) excluded."""
     from musiq_daemon.api import Scorer
     from musiq_daemon.index import open_index
     from musiq_daemon.metadata.writer import WritePolicy
@@ -64,6 +64,9 @@ def run(models: list[str], passes: int, originals: list[Path], work: Path, args:
         )
         for group in groups
     ]
+    warm = shutil.copy2(originals[0], folder / "warm-up.jpg")
+    for pipeline in pipelines:  # engines allocate and pack weights on their first photo: not timed
+        list(pipeline.run([Path(warm)]))
     started = time.perf_counter()
     for pipeline in pipelines:
         for outcome in pipeline.run([Path(p) for p in photos]):
