@@ -79,6 +79,18 @@ DEFAULT_EXCLUDE: Final[tuple[str, ...]] = (
 )
 
 
+def in_quiet_hours(now: time, window: tuple[time, time] | None) -> bool:
+    """Whether the local time ``now`` is in ``window`` = (start, end), start included, end excluded. A
+    window whose end is before its start wraps midnight (22:00-06:00); one whose end equals its start is
+    empty. The daemon's loop and its workers both ask here."""
+    if window is None:
+        return False
+    start, end = window
+    if start <= end:
+        return start <= now < end
+    return now >= start or now < end
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the daemon can be told (see the example configuration for what each value means)."""
@@ -107,13 +119,8 @@ class Config:
     retry_backoff: float = 60.0  # a failed job is retried after retry_backoff * 2**attempt seconds
 
     def in_quiet_hours(self, now: time) -> bool:
-        """Whether ``now`` (local wall-clock time) is in the quiet hours: start inclusive, end exclusive."""
-        if self.quiet_hours is None:
-            return False
-        start, end = self.quiet_hours
-        if start < end:
-            return start <= now < end
-        return now >= start or now < end  # wraps midnight, e.g. 22:00-06:00
+        """Whether ``now`` (local wall-clock time) is in the quiet hours (see :func:`in_quiet_hours`)."""
+        return in_quiet_hours(now, self.quiet_hours)
 
     def to_toml(self, sources: Mapping[str, str] | None = None, *, hide_password: bool = False) -> str:
         """This configuration as a TOML file that loads back to an equal :class:`Config`.

@@ -21,14 +21,10 @@ import pytest
 from sqlalchemy import select
 
 from musiq_daemon.api import Scorer
+from musiq_daemon.config import Config, in_quiet_hours
 from musiq_daemon.daemon import queue
 from musiq_daemon.daemon.scan import ingest_file
-from musiq_daemon.daemon.worker import (
-    SETTLE_DELAY_S,
-    UNAVAILABLE_DELAY_S,
-    Worker,
-    in_quiet_hours,
-)
+from musiq_daemon.daemon.worker import SETTLE_DELAY_S, UNAVAILABLE_DELAY_S, Worker
 from musiq_daemon.index import IndexDB, open_index
 from musiq_daemon.index.models import Job, Photo, Score, WrittenFile
 from musiq_daemon.index.paths import encode_path
@@ -312,6 +308,12 @@ def test_quiet_hours() -> None:
     assert in_quiet_hours(clock(12, 30), lunch) and not in_quiet_hours(clock(13), lunch)
     assert not in_quiet_hours(clock(12), (clock(12), clock(12)))
     assert not in_quiet_hours(clock(3), None)
+    # The daemon's loop asks the configuration, the workers the function: one answer, also when start == end.
+    for window in (night, lunch, (clock(12), clock(12))):
+        for hour in range(24):
+            assert Config(quiet_hours=window).in_quiet_hours(clock(hour)) == in_quiet_hours(
+                clock(hour), window
+            )
 
 
 def test_worker_scores_every_photo_once(db: IndexDB, tmp_path: Path, scorers: dict[str, Scorer]) -> None:

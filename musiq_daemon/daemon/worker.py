@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 from musiq_daemon.api import Scorer
+from musiq_daemon.config import in_quiet_hours
 from musiq_daemon.daemon import queue
 from musiq_daemon.daemon.queue import ClaimedJob
 from musiq_daemon.errors import DecodeError, MusiqError, ReadOnlyError
@@ -118,17 +119,6 @@ class _InterruptedError(MusiqError):
 
 class _ChangedWhileScoringError(Exception):
     """The file changed between scoring and recording: roll back, score it again later."""
-
-
-def in_quiet_hours(now: time, window: tuple[time, time] | None) -> bool:
-    """Whether the local time ``now`` is in ``window`` = (start, end), end excluded. A window whose end is
-    before its start wraps midnight (22:00-06:00); one whose end equals its start is empty."""
-    if window is None:
-        return False
-    start, end = window
-    if start <= end:
-        return start <= now < end
-    return now >= start or now < end
 
 
 def _local_now() -> datetime:
