@@ -91,6 +91,7 @@ new version of a photo whose size did not change.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import os
@@ -621,19 +622,17 @@ def _embedded_state(data: bytes, fmt: str, label: str) -> _Embedded:
             raw_packet = layout.packet
             entries = containers.exif_ratings(layout.exif)
             exif = {key: entries[tag].value for tag, key in _EXIF_KEYS.items() if tag in entries}
-    with native_log.exiv2_messages() as messages:
-        try:
-            image = exiv2.ImageFactory.open(data)
-            image.readMetadata()
-            if raw_packet is None:
-                raw_packet = str(image.xmpPacket()).encode("utf-8") or None
-                exif_data = image.exifData()
-                exif = {k: v for k in _EXIF_KEYS.values() if (v := _exif_int(exif_data, k)) is not None}
-            iptc_keywords = [
-                str(d.toString()) for d in image.iptcData() if str(d.key()) == "Iptc.Application2.Keywords"
-            ]
-        except exiv2.Exiv2Error:
-            pass
+    # A format the library cannot read (some RAWs) leaves the decision to the sidecar.
+    with native_log.exiv2_messages() as messages, contextlib.suppress(exiv2.Exiv2Error):
+        image = exiv2.ImageFactory.open(data)
+        image.readMetadata()
+        if raw_packet is None:
+            raw_packet = str(image.xmpPacket()).encode("utf-8") or None
+            exif_data = image.exifData()
+            exif = {k: v for k in _EXIF_KEYS.values() if (v := _exif_int(exif_data, k)) is not None}
+        iptc_keywords = [
+            str(d.toString()) for d in image.iptcData() if str(d.key()) == "Iptc.Application2.Keywords"
+        ]
     _log_native(messages, label)
     values: list[int | None] = []
     rating_texts: list[str] = []
