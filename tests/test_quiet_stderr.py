@@ -70,6 +70,16 @@ def photos(tmp_path: Path) -> Path:
 # --- the command as a user runs it ------------------------------------------------------------------------
 
 
+def without_summary(stderr: str, *, scored: int, failed: int) -> list[str]:
+    """The lines of ``musiqd score``'s stderr before its last one, which must be the run's summary."""
+    *lines, last = stderr.splitlines()
+    summary = (
+        rf"musiqd: {scored} scored, 0 skipped \(already scored; --force scores them again\), {failed} failed"
+    )
+    assert re.fullmatch(summary + r" in \d+\.\d s", last), stderr
+    return lines
+
+
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 def test_score_prints_only_musiqds_own_lines(env: dict[str, str], photos: Path, verbose: bool) -> None:
     """``musiqd score`` (device auto: on a host with a Vulkan loader, the GPU probe runs and fails) writes
@@ -80,8 +90,9 @@ def test_score_prints_only_musiqds_own_lines(env: dict[str, str], photos: Path, 
     assert result.returncode == 1, result.stdout + result.stderr
     assert len(result.stdout.splitlines()) == 1 + 4  # header + the four readable photos
     assert not RAW_NATIVE.search(result.stderr), result.stderr
-    own = [line for line in result.stderr.splitlines() if line.startswith("musiqd: ")]
-    logged = [line for line in result.stderr.splitlines() if not line.startswith("musiqd: ")]
+    lines = without_summary(result.stderr, scored=4, failed=1)
+    own = [line for line in lines if line.startswith("musiqd: ")]
+    logged = [line for line in lines if not line.startswith("musiqd: ")]
     assert len(own) == 1 and "e broken.jpg" in own[0], result.stderr
     if not verbose:
         assert logged == [], result.stderr
@@ -179,7 +190,7 @@ def test_truncated_raw_is_reported_once(env: dict[str, str], tmp_path: Path) -> 
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    lines = result.stderr.splitlines()
+    lines = without_summary(result.stderr, scored=0, failed=1)
     assert len(lines) == 1 and lines[0].startswith("musiqd: ") and TRUNCATED_RAW in lines[0], result.stderr
 
 
@@ -262,7 +273,7 @@ def test_writing_a_photo_with_broken_exif_prints_nothing(env: dict[str, str], tm
     args = ["score", "--write", "--write-mode", "sidecar", "--device", "cpu", "--no-index", str(photo)]
     result = subprocess.run(MUSIQD + args, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stderr == ""
+    assert without_summary(result.stderr, scored=1, failed=0) == []
     assert "[sidecar]" in result.stdout
 
 

@@ -85,6 +85,7 @@ def _root(
 ) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin and migration chatter is not news
 
 
 def _click_class(name: str) -> type[Exception]:
