@@ -8,12 +8,14 @@ full-size synthetic koniq and ava (official layout and size; speed does not depe
 converted once into --cache. Target (issue 10): two models cost at most 1.9x one model.
 
     python benchmarks/bench_pipeline.py [--count 20] [--size 12MP] [--threads 2] [--variant dynamic-int8]
+                                        [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -47,8 +49,7 @@ def run(models: list[str], passes: int, originals: list[Path], work: Path, args:
     from musiq_daemon.metadata.writer import WritePolicy
     from musiq_daemon.pipeline import Pipeline
 
-    folder = work / f"run-{'-'.join(models)}-{passes}"
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(prefix=f"run-{'-'.join(models)}-{passes}-", dir=work))
     photos = [shutil.copy2(src, folder / f"IMG_{i:04}.jpg") for i, src in enumerate(originals)]
     db = open_index(str(folder / "index.sqlite3"))
     groups = [models] if passes == 1 else [[m] for m in models]
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="12MP")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variant", default="dynamic-int8")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musiqd-bench-cache")
     args = parser.parse_args()
     args.models = ensure_models(args.cache, args.variant)
@@ -93,19 +95,26 @@ def main() -> None:
         for i, path in enumerate(distinct):
             make_photo(path, width + 8 * i, height)
         originals = [distinct[i % len(distinct)] for i in range(args.count)]
-        one = run(["koniq"], 1, originals, work, args)
-        two = run(["koniq", "ava"], 1, originals, work, args)
-        separate = run(["koniq", "ava"], 2, originals, work, args)
+        configs = {
+            "one model (koniq)": (["koniq"], 1),
+            "two models, one pipeline pass": (["koniq", "ava"], 1),
+            "two models, one pass each": (["koniq", "ava"], 2),
+        }
+        times: dict[str, list[float]] = {label: [] for label in configs}
+        for round_ in range(args.rounds):  # interleaved, the order rotated: drift hits every config alike
+            labels = list(configs)
+            labels = labels[round_ % len(labels) :] + labels[: round_ % len(labels)]
+            for label in labels:
+                models, passes = configs[label]
+                times[label].append(run(models, passes, originals, work, args))
     print(
         f"{args.count} photos of {args.size}, {args.variant}, {args.threads} threads, "
-        "embedded writes, SQLite index"
+        f"embedded writes, SQLite index; median of {args.rounds} interleaved rounds"
     )
     print(f"{'run':<38} {'s/photo':>8} {'photos/min':>11} {'vs one model':>13}")
-    for label, seconds in (
-        ("one model (koniq)", one),
-        ("two models, one pipeline pass", two),
-        ("two models, one pass each", separate),
-    ):
+    one = statistics.median(times["one model (koniq)"])
+    for label, values in times.items():
+        seconds = statistics.median(values)
         per = seconds / args.count
         print(f"{label:<38} {per:>8.3f} {60 / per:>11.1f} {seconds / one:>12.2f}x")
 
