@@ -88,8 +88,6 @@ def score(
     )
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     started = time.monotonic()
-    if not as_json:
-        typer.echo(_HEADER)
     try:
         # Rows are printed as each photo finishes, so a long run shows progress (and can be piped).
         for outcome in pipeline.run(photos):
@@ -137,6 +135,8 @@ def _show(outcome: PhotoOutcome, as_json: bool, counts: dict[str, int]) -> None:
                 }
             typer.echo(json.dumps(data, ensure_ascii=False))
         else:
+            if counts["scored"] == 1 and record is outcome.records[0]:
+                typer.echo(_HEADER)  # above the first row (none when every photo was skipped or failed)
             note = ""
             if written is not None:
                 note = f"  [{written.target}{'' if written.changed else ', unchanged'}]"
