@@ -62,3 +62,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         reset_postgres(PG_URL)
         return PG_URL
     return str(tmp_path / "index.sqlite3")
+
+
+@pytest.fixture
+def env(tmp_path: Path, models_root: Path) -> dict[str, str]:
+    """The environment for running ``musiqd`` as a user would, isolated from the developer's own: the tiny
+    test models, a data folder of the test's own, and no configuration file or MUSIQD_* variable of theirs
+    (``score`` reads the same configuration as the daemon)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MUSIQD_")}
+    return {
+        **clean,
+        "MUSIQD_DATA_DIR": str(tmp_path / "data"),
+        "MUSIQD_MODEL_DIR": str(models_root),
+        "XDG_CONFIG_HOME": str(tmp_path / "no-config"),
+    }

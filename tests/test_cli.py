@@ -26,11 +26,6 @@ def run(args: list[str], env: dict[str, str], check_rc: int | None = 0) -> subpr
 
 
 @pytest.fixture
-def env(tmp_path: Path, models_root: Path) -> dict[str, str]:
-    return {**os.environ, "MUSIQD_DATA_DIR": str(tmp_path / "data"), "MUSIQD_MODEL_DIR": str(models_root)}
-
-
-@pytest.fixture
 def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)

@@ -4,7 +4,6 @@ one identity whichever command saw the photo; `score` honours the configuration 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -120,17 +119,6 @@ def run(args: list[str], env: dict[str, str], rc: int = 0) -> subprocess.Complet
     assert done.returncode == rc, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     return done
-
-
-@pytest.fixture
-def env(tmp_path: Path, models_root: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MUSIQD_")}
-    return {
-        **clean,
-        "MUSIQD_DATA_DIR": str(tmp_path / "data"),
-        "MUSIQD_MODEL_DIR": str(models_root),
-        "XDG_CONFIG_HOME": str(tmp_path / "no-config"),
-    }
 
 
 def test_score_then_watch_and_watch_then_score_is_one_row(

@@ -49,11 +49,6 @@ def exif_jpeg(tag: int = 0x010E, size: tuple[int, int] = (240, 320), seed: int =
 
 
 @pytest.fixture
-def env(tmp_path: Path, models_root: Path) -> dict[str, str]:
-    return {**os.environ, "MUSIQD_DATA_DIR": str(tmp_path / "data"), "MUSIQD_MODEL_DIR": str(models_root)}
-
-
-@pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """Five photos: a JPEG, a PNG, a WebP, a JPEG with broken EXIF, and a JPEG cut after its header."""
     folder = tmp_path / "photos"
@@ -102,7 +97,7 @@ def test_score_prints_only_musiqds_own_lines(env: dict[str, str], photos: Path, 
 
 
 ENGINE_LIFECYCLE = r"""
-import gc, logging, sys
+import contextlib, gc, logging, sys
 from pathlib import Path
 
 logging.basicConfig(level=logging.DEBUG, filename=sys.argv[2], format="%(name)s %(levelname)s %(message)s")
@@ -113,10 +108,8 @@ model = Path(sys.argv[1])
 first = open_engine(model, num_outputs=1, device="auto")
 del first
 gc.collect()
-try:
+with contextlib.suppress(DeviceError):
     open_engine(model, num_outputs=1, device="gpu")
-except DeviceError:
-    pass
 gc.collect()
 kept = open_engine(model, num_outputs=1, device="auto")  # alive until the interpreter exits
 print(kept.device)
