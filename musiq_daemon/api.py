@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 ImageInput = str | Path | Image.Image | np.ndarray
+_NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
@@ -47,7 +49,7 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Prepared:
-    """One photo decoded and patched, ready for :meth:`Scorer.infer`."""
+    """One photo decoded and patched, ready for :meth:`Scorer.infer` (``decoded`` without its pixels)."""
 
     path: str | None
     decoded: DecodedImage
@@ -122,7 +124,11 @@ class Scorer:
         """The patch sequence of a decoded photo at this model's resolution policy."""
         t0 = time.perf_counter()
         sequence = make_tokens(limit_resolution(decoded.pixels, self.policy))
-        return Prepared(path, decoded, sequence, {"decode": decode_s, "preprocess": time.perf_counter() - t0})
+        # The tokens are all inference needs: the decoded pixels (megabytes) are not kept while the
+        # photo waits for the model, only what the record reports about them.
+        described = dataclasses.replace(decoded, pixels=_NO_PIXELS)
+        timings = {"decode": decode_s, "preprocess": time.perf_counter() - t0}
+        return Prepared(path, described, sequence, timings)
 
     def prepare(self, image: ImageInput) -> Prepared:
         """Decode and patch one photo (the CPU work that can overlap the previous photo's inference)."""

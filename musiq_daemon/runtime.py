@@ -7,9 +7,14 @@ exists only where ``libvulkan.so.1`` and a hardware Vulkan driver are present. `
 process, checks the GPU's output against the CPU's on a probe input before trusting it, and falls back
 to the CPU with a log line saying why. ``gpu`` fails with a clear message when there is none.
 
-Sequence lengths are bucketed (rounded up to a multiple of :data:`BUCKET`) and padded with mask-0 rows,
-which the model ignores exactly; consecutive photos of similar size then reuse the allocated tensors
-instead of paying a resize + re-allocation for each photo.
+A model has two signatures (see ``musiq_daemon.model.convert``): ``stem`` turns token rows into
+embeddings, one fixed-size chunk of :data:`STEM_CHUNK` rows at a time, so the stem's activations (the
+largest tensors of the model) take the same few MB for every photo; ``encoder`` runs the transformer on
+all of a photo's embeddings. Rows the preprocessing marked as padding (mask 0) are dropped before either
+runs: the model ignores them exactly, so they would only cost time. What padding remains (the last stem
+chunk; encoder lengths rounded up to a multiple of :data:`BUCKET`, so that photos of similar size reuse
+the allocated tensors) repeats a real row, with mask 0 for the encoder: a repeated row leaves every
+per-tensor range unchanged, so even dynamically quantized layers give exactly the unpadded result.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import numpy as np
 import numpy.typing as npt
 
 from musiq_daemon.errors import DeviceError, ModelFileError, UsageError
-from musiq_daemon.model.config import TOKEN_DIM
+from musiq_daemon.model.config import ENCODER_SIGNATURE, STEM_SIGNATURE, TOKEN_DIM
 from musiq_daemon.native_log import capture_native_stderr
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "gpu")
-#: Sequence lengths are rounded up to a multiple of this (padding rows carry mask 0).
+#: Encoder sequence lengths are rounded up to a multiple of this (padding repeats a row, with mask 0).
 BUCKET = 32
+#: Token rows per ``stem`` invocation.
+STEM_CHUNK = 64
 #: Relative agreement the GPU must reach against the CPU on the probe input before ``auto`` uses it.
 GPU_AGREEMENT = 0.05
 
@@ -43,19 +50,40 @@ def bucket_length(n: int, step: int = BUCKET) -> int:
     return max(step, -(-n // step) * step)
 
 
-def pad_to(tokens: npt.NDArray[np.float32], length: int) -> npt.NDArray[np.float32]:
-    """Append all-zero rows (mask 0) so the sequence has ``length`` rows; returns shape (1, length, 3075)."""
-    n = tokens.shape[0]
-    out = np.zeros((1, length, TOKEN_DIM), dtype=np.float32)
-    out[0, :n] = tokens
+def pad_rows(rows: npt.NDArray[np.float32], length: int) -> npt.NDArray[np.float32]:
+    """``rows`` followed by copies of its last row up to ``length`` rows (``rows`` itself if long enough).
+
+    A repeated row changes no minimum, maximum or per-row value anywhere in the model, so neither the
+    exact float computation nor a dynamically quantized one sees the padding (the encoder's mask hides
+    the copies from attention).
+    """
+    n = rows.shape[0]
+    if n >= length:
+        return rows
+    out = np.empty((length, *rows.shape[1:]), dtype=np.float32)
+    out[:n] = rows
+    out[n:] = rows[n - 1]
     return out
+
+
+def model_rows(tokens: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The rows the model computes: the real tokens (mask 1); padding rows from preprocessing dropped."""
+    keep = tokens[:, -1] > 0
+    return tokens if bool(keep.all()) else tokens[keep]
 
 
 class Backend(Protocol):
     device: str
+    hidden: int
 
-    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Run one padded (1, L, 3075) sequence; return the head output (num_classes,)."""
+    def embed(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run ``stem`` on (STEM_CHUNK, 3075) token rows; return their (STEM_CHUNK, hidden) embeddings."""
+        ...
+
+    def encode(
+        self, embeddings: npt.NDArray[np.float32], mask: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Run ``encoder`` on (L, hidden) embeddings and their (L,) mask; return the head output."""
         ...
 
 
@@ -71,12 +99,14 @@ class _Natives:
     runs before the backend's own attributes are cleared.
     """
 
-    __slots__ = ("inputs", "model", "outputs")
+    __slots__ = ("encoder_inputs", "encoder_outputs", "inputs", "model", "outputs")
 
     def __init__(self, model: Any) -> None:
         self.model: Any = model
         self.inputs: list[Any] = []
         self.outputs: list[Any] = []
+        self.encoder_inputs: list[Any] = []
+        self.encoder_outputs: list[Any] = []
 
 
 def _release(natives: _Natives) -> None:
@@ -86,6 +116,15 @@ def _release(natives: _Natives) -> None:
         natives.model = None
         natives.inputs = []
         natives.outputs = []
+        natives.encoder_inputs = []
+        natives.encoder_outputs = []
+
+
+def _old_format(model_path: Path) -> ModelFileError:
+    return ModelFileError(
+        f"{model_path} was converted by an older musiqd (it lacks the '{STEM_SIGNATURE}' and "
+        f"'{ENCODER_SIGNATURE}' signatures): re-create it with 'musiqd models convert'"
+    )
 
 
 class CpuBackend:
@@ -106,30 +145,36 @@ class CpuBackend:
         self._natives = _Natives(interpreter)
         del interpreter
         self._finalizer = weakref.finalize(self, _release, self._natives)
-        inputs = self._natives.model.get_input_details()
-        outputs = self._natives.model.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1 or int(inputs[0]["shape"][-1]) != TOKEN_DIM:
+        signatures = self._natives.model.get_signature_list()
+        stem = signatures.get(STEM_SIGNATURE, {})
+        encoder = signatures.get(ENCODER_SIGNATURE, {})
+        if stem.get("inputs") != ["tokens"] or sorted(encoder.get("inputs", [])) != ["embeddings", "mask"]:
             self.close()
-            raise ModelFileError(f"{model_path} is not a musiqd MUSIQ model (unexpected inputs/outputs)")
-        self._input = int(inputs[0]["index"])
-        self._output = int(outputs[0]["index"])
-        self._length = -1
+            raise _old_format(model_path)
+        self._stem = self._natives.model.get_signature_runner(STEM_SIGNATURE)
+        self._encoder = self._natives.model.get_signature_runner(ENCODER_SIGNATURE)
+        tokens = self._stem.get_input_details()["tokens"]
+        embeddings = self._encoder.get_input_details()["embeddings"]
+        if int(tokens["shape_signature"][-1]) != TOKEN_DIM:
+            self.close()
+            raise ModelFileError(f"{model_path} is not a musiqd MUSIQ model (unexpected inputs)")
+        self.hidden = int(embeddings["shape_signature"][-1])
 
-    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        interpreter = self._natives.model
-        length = batch.shape[1]
-        if length != self._length:
-            interpreter.resize_tensor_input(self._input, [1, length, TOKEN_DIM], strict=False)
-            with _quiet_stderr():  # XNNPACK logs "INFO: Created ... delegate" when it is applied
-                interpreter.allocate_tensors()
-            self._length = length
-        interpreter.set_tensor(self._input, batch)
-        interpreter.invoke()
-        out: npt.NDArray[np.float32] = np.array(interpreter.get_tensor(self._output), np.float32)
-        return out.reshape(-1)
+    def embed(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        with _quiet_stderr():  # XNNPACK logs "INFO: Created ... delegate" at the first allocation
+            out = self._stem(tokens=rows)["embeddings"]
+        return np.asarray(out, dtype=np.float32)
+
+    def encode(
+        self, embeddings: npt.NDArray[np.float32], mask: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        # A signature runner resizes and re-allocates only when the length differs from the last call.
+        out = self._encoder(embeddings=embeddings, mask=mask)["scores"]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
 
     def close(self) -> None:
         """Free the interpreter now (quietly); the backend cannot run afterwards."""
+        self._stem = self._encoder = None
         self._finalizer()
 
 
@@ -150,21 +195,50 @@ class GpuBackend:
         with _quiet_stderr():
             self._natives = _Natives(CompiledModel.from_file(str(model_path), options=options))
         self._finalizer = weakref.finalize(self, _release, self._natives)
+        model = self._natives.model
+        self._stem = model.get_signature_index(STEM_SIGNATURE)
+        self._encoder = model.get_signature_index(ENCODER_SIGNATURE)
+        if self._stem < 0 or self._encoder < 0:
+            self.close()
+            raise _old_format(model_path)
+        encoder_inputs = list(model.get_signature_list()[ENCODER_SIGNATURE]["inputs"])
+        self._embeddings_input = encoder_inputs.index("embeddings")
+        self._mask_input = encoder_inputs.index("mask")
+        self.hidden = int(model.get_input_tensor_details(ENCODER_SIGNATURE)["embeddings"]["shape"][-1])
         self._num_outputs = num_outputs
+        self._stem_rows = -1
         self._length = -1
 
-    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def embed(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         natives = self._natives
-        length = batch.shape[1]
+        if rows.shape[0] != self._stem_rows:
+            with _quiet_stderr():
+                natives.model.resize_input_tensor(0, list(rows.shape), self._stem)
+                natives.inputs = natives.model.create_input_buffers(self._stem)
+                natives.outputs = natives.model.create_output_buffers(self._stem)
+            self._stem_rows = rows.shape[0]
+        natives.inputs[0].write(rows)
+        natives.model.run_by_index(self._stem, natives.inputs, natives.outputs)
+        out = natives.outputs[0].read(rows.shape[0] * self.hidden, np.float32)
+        return np.asarray(out, dtype=np.float32).reshape(rows.shape[0], self.hidden)
+
+    def encode(
+        self, embeddings: npt.NDArray[np.float32], mask: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        natives = self._natives
+        length = embeddings.shape[0]
         if length != self._length:
             with _quiet_stderr():  # the buffers they replace are freed in here too
-                natives.model.resize_input_tensor(0, [1, length, TOKEN_DIM])
-                natives.inputs = natives.model.create_input_buffers(0)
-                natives.outputs = natives.model.create_output_buffers(0)
+                model = natives.model
+                model.resize_input_tensor(self._embeddings_input, [length, self.hidden], self._encoder)
+                model.resize_input_tensor(self._mask_input, [length], self._encoder)
+                natives.encoder_inputs = model.create_input_buffers(self._encoder)
+                natives.encoder_outputs = model.create_output_buffers(self._encoder)
             self._length = length
-        natives.inputs[0].write(batch)
-        natives.model.run_by_index(0, natives.inputs, natives.outputs)
-        out = natives.outputs[0].read(self._num_outputs, np.float32)
+        natives.encoder_inputs[self._embeddings_input].write(embeddings)
+        natives.encoder_inputs[self._mask_input].write(mask)
+        natives.model.run_by_index(self._encoder, natives.encoder_inputs, natives.encoder_outputs)
+        out = natives.encoder_outputs[0].read(self._num_outputs, np.float32)
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
     def close(self) -> None:
@@ -185,7 +259,7 @@ def _probe_batch() -> npt.NDArray[np.float32]:
     tokens[:, -3] = rng.integers(0, 100, size=n)
     tokens[:, -2] = rng.integers(0, 3, size=n)
     tokens[:, -1] = 1.0
-    return tokens[None]
+    return tokens
 
 
 def _try_gpu(model_path: Path, threads: int, num_outputs: int) -> tuple[GpuBackend | None, str]:
@@ -202,9 +276,9 @@ def _try_gpu(model_path: Path, threads: int, num_outputs: int) -> tuple[GpuBacke
         try:
             gpu = GpuBackend(model_path, threads, num_outputs)
             probe = _probe_batch()
-            got = gpu.run(probe)
+            got = Engine(model_path, gpu, threads).run(probe)
             cpu = CpuBackend(model_path, threads)
-            want = cpu.run(probe)
+            want = Engine(model_path, cpu, threads).run(probe)
             cpu.close()
             scale = float(np.max(np.abs(want))) or 1.0
             err = float(np.max(np.abs(got - want))) / scale
@@ -249,7 +323,20 @@ class Engine:
         """Score one (N, 3075) token sequence; returns the model's head output."""
         if tokens.ndim != 2 or tokens.shape[1] != TOKEN_DIM or tokens.shape[0] == 0:
             raise ValueError(f"expected tokens of shape (N, {TOKEN_DIM}), got {tokens.shape}")
-        return self.backend.run(pad_to(tokens, bucket_length(tokens.shape[0])))
+        rows = model_rows(np.asarray(tokens, dtype=np.float32))
+        n = rows.shape[0]
+        if n == 0:
+            raise ValueError("every token is padding (mask 0): nothing to score")
+        embeddings = np.empty((bucket_length(n), self.backend.hidden), dtype=np.float32)
+        for start in range(0, n, STEM_CHUNK):
+            chunk = rows[start : start + STEM_CHUNK]
+            embeddings[start : start + len(chunk)] = self.backend.embed(pad_rows(chunk, STEM_CHUNK))[
+                : len(chunk)
+            ]
+        embeddings[n:] = embeddings[n - 1]
+        mask = np.zeros(embeddings.shape[0], dtype=np.float32)
+        mask[:n] = 1.0
+        return self.backend.encode(embeddings, mask)
 
 
 def open_engine(model_path: Path, *, num_outputs: int, device: str = "auto", threads: int = 2) -> Engine:

@@ -26,18 +26,28 @@ from imagegen import scene
 
 import musiq_daemon
 from musiq_daemon.errors import ConversionError
-from musiq_daemon.model.config import HASH_GRID, NUM_SCALES, TOKEN_DIM, TOKEN_PIXELS, MusiqConfig
+from musiq_daemon.model.config import (
+    ENCODER_SIGNATURE,
+    HASH_GRID,
+    NUM_SCALES,
+    STEM_SIGNATURE,
+    TOKEN_DIM,
+    TOKEN_PIXELS,
+    MusiqConfig,
+)
 from musiq_daemon.model.convert import (
     COMPUTED_METADATA,
     REQUIRED_METADATA,
     VARIANTS,
     ModelInfo,
     convert_checkpoint,
+    convert_signature,
     model_ops,
 )
 from musiq_daemon.model.reference import forward, raw_score
 from musiq_daemon.model.synthetic import synthetic_params
 from musiq_daemon.preprocess import make_tokens
+from musiq_daemon.runtime import Engine, open_engine
 
 F32 = npt.NDArray[np.float32]
 Params = dict[str, F32]
@@ -60,6 +70,7 @@ XNNPACK_OPS = {
     "RESHAPE",
     "RSQRT",
     "SOFTMAX",
+    "SQUARE",
     "SQUARED_DIFFERENCE",
     "STRIDED_SLICE",
     "SUB",
@@ -97,39 +108,35 @@ def random_tokens(rng: np.random.Generator, n: int) -> F32:
     return tokens
 
 
-def run(interpreter: Interpreter, tokens: F32) -> F32:
-    """The head output (num_classes,) for (N, 3075) tokens, resizing the input to N."""
-    index = interpreter.get_input_details()[0]["index"]
-    if tuple(interpreter.get_input_details()[0]["shape"]) != (1, *tokens.shape):
-        interpreter.resize_tensor_input(index, [1, *tokens.shape])
-        interpreter.allocate_tensors()
-    interpreter.set_tensor(index, tokens[None])
-    interpreter.invoke()
-    output = np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), np.float32)
-    assert output.shape[0] == 1
-    head: F32 = output[0]
-    return head
+def run(engine: Engine, tokens: F32) -> F32:
+    """The head output (num_classes,) for (N, 3075) tokens, through the runtime that scores photos."""
+    return engine.run(tokens)
 
 
-def open_model(path: Path) -> Interpreter:
-    interpreter = Interpreter(model_path=str(path), num_threads=2)  # XNNPACK is on by default
-    interpreter.allocate_tensors()
-    return interpreter
+def open_model(path: Path) -> Engine:
+    return open_engine(path, num_outputs=1, device="cpu", threads=2)  # XNNPACK is on by default
 
 
-def assert_fully_delegated(path: Path) -> None:
-    """XNNPACK took the whole graph: one delegate node, fed by the model input, producing its output."""
-    interpreter = open_model(path)
-    interpreter.resize_tensor_input(0, [1, 7, TOKEN_DIM])
-    interpreter.allocate_tensors()
-    # Private, but the only view of the execution plan the Python API gives.
-    nodes = interpreter._get_ops_details()
-    delegates = [node for node in nodes if node["op_name"] == "DELEGATE"]
-    assert len(delegates) == 1, [node["op_name"] for node in nodes]
-    model_input = interpreter.get_input_details()[0]["index"]
-    model_output = interpreter.get_output_details()[0]["index"]
-    assert model_input in list(delegates[0]["inputs"])
-    assert list(delegates[0]["outputs"]) == [model_output]
+def assert_fully_delegated(
+    params: Params, config: MusiqConfig, variant: str, lengths: tuple[int, ...] = (7, 64)
+) -> None:
+    """XNNPACK takes each signature whole: one delegate node, fed by its inputs, producing its output."""
+    for signature, inputs in ((STEM_SIGNATURE, ["tokens"]), (ENCODER_SIGNATURE, ["embeddings", "mask"])):
+        flatbuffer = convert_signature(params, config, variant=variant, signature=signature)
+        interpreter = Interpreter(model_content=flatbuffer, num_threads=2)
+        details = interpreter.get_input_details()
+        assert sorted(d["name"].split(":")[0].rsplit("_", 1)[-1] for d in details) == sorted(inputs)
+        for n in lengths:  # delegation must hold whatever the sequence length
+            for d in details:
+                shape = [n, *d["shape"][1:]] if len(d["shape"]) > 1 else [n]
+                interpreter.resize_tensor_input(d["index"], shape)
+            interpreter.allocate_tensors()
+            # Private, but the only view of the execution plan the Python API gives.
+            nodes = interpreter._get_ops_details()
+            delegates = [node for node in nodes if node["op_name"] == "DELEGATE"]
+            assert len(delegates) == 1, (signature, [node["op_name"] for node in nodes])
+            assert {d["index"] for d in details} <= set(delegates[0]["inputs"])
+            assert list(delegates[0]["outputs"]) == [interpreter.get_output_details()[0]["index"]]
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -246,9 +253,9 @@ def test_padding_rows_do_not_change_the_output(
 def test_tiny_model_is_fully_delegated_and_builtin(
     tiny_models: dict[int, tuple[Params, MusiqConfig, ModelInfo]],
 ) -> None:
-    for _, _, info in tiny_models.values():
+    for params, config, info in tiny_models.values():
         assert set(model_ops(info.path.read_bytes())) <= XNNPACK_OPS
-        assert_fully_delegated(info.path)
+        assert_fully_delegated(params, config, "fp32")
 
 
 def test_metadata_json_describes_the_file(
@@ -418,13 +425,13 @@ def test_model_with_flex_ops_is_rejected(
 def test_full_fp32_matches_reference(
     full_model: FullModel, photo_tokens: list[F32], full_reference: dict[int, list[F32]], classes: int
 ) -> None:
-    _, _, info = full_model(classes, "fp32")
+    params, config, info = full_model(classes, "fp32")
     tokens = photo_tokens[0]
     assert tokens.shape[0] == 385
     output = run(open_model(info.path), tokens)
     assert relative_error(output, full_reference[classes][0]) < 1e-4
     assert set(model_ops(info.path.read_bytes())) <= XNNPACK_OPS
-    assert_fully_delegated(info.path)
+    assert_fully_delegated(params, config, "fp32")
 
 
 @pytest.mark.slow
@@ -437,7 +444,7 @@ def test_full_quantized_error_is_bounded(
     variant: str,
     classes: int,
 ) -> None:
-    _, _, info = full_model(classes, variant)
+    params, config, info = full_model(classes, variant)
     _, _, fp32 = full_model(classes, "fp32")
     interpreter = open_model(info.path)
     expected = np.array([raw_score(head) for head in full_reference[classes]])
@@ -448,4 +455,4 @@ def test_full_quantized_error_is_bounded(
     ratio = info.path.stat().st_size / fp32.path.stat().st_size
     assert ratio < (0.55 if variant == "fp16" else 0.3), ratio
     assert set(model_ops(info.path.read_bytes())) <= XNNPACK_OPS
-    assert_fully_delegated(info.path)
+    assert_fully_delegated(params, config, variant)

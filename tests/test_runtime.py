@@ -1,4 +1,4 @@
-"""LiteRT runtime: device choice and fallback, bucketing (padding is exact), model-file errors."""
+"""LiteRT runtime: device choice and fallback, chunking and padding (exact, int8 included), bad models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from musiq_daemon.model.checkpoint import load_checkpoint
 from musiq_daemon.model.config import TOKEN_DIM
 from musiq_daemon.model.reference import forward
 from musiq_daemon.model.store import model_path
-from musiq_daemon.runtime import BUCKET, bucket_length, open_engine, pad_to, vulkan_available
+from musiq_daemon.runtime import (
+    BUCKET,
+    STEM_CHUNK,
+    CpuBackend,
+    bucket_length,
+    model_rows,
+    open_engine,
+    pad_rows,
+    vulkan_available,
+)
 
 
 def tokens(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -33,12 +42,43 @@ def test_bucket_length() -> None:
     assert bucket_length(385) % BUCKET == 0 and 385 <= bucket_length(385) < 385 + BUCKET
 
 
-def test_pad_to_adds_mask_zero_rows() -> None:
+def test_pad_rows_repeats_the_last_row() -> None:
     t = tokens(5)
-    padded = pad_to(t, 32)
-    assert padded.shape == (1, 32, TOKEN_DIM)
-    np.testing.assert_array_equal(padded[0, :5], t)
-    assert not padded[0, 5:].any()
+    padded = pad_rows(t, 32)
+    assert padded.shape == (32, TOKEN_DIM)
+    np.testing.assert_array_equal(padded[:5], t)
+    np.testing.assert_array_equal(padded[5:], np.repeat(t[4:5], 27, axis=0))
+    assert pad_rows(t, 5) is t
+
+
+def test_model_rows_drops_preprocessing_padding() -> None:
+    t = tokens(6)
+    t[[1, 4], -1] = 0
+    np.testing.assert_array_equal(model_rows(t), t[[0, 2, 3, 5]])
+    full = tokens(3)
+    assert model_rows(full) is full
+
+
+@pytest.mark.parametrize("variant", ["fp32", "dynamic-int8"])
+def test_padding_never_changes_a_score(models_root: Path, variant: str) -> None:
+    """Mask-0 rows from preprocessing, the stem's last chunk and the encoder's bucket all leave the
+    output bit-identical to an unpadded run, dynamically quantized layers included (their ranges see
+    only repeated real rows)."""
+    path = model_path("koniq", variant, models_root)
+    engine = open_engine(path, num_outputs=1, device="cpu")
+    n = STEM_CHUNK + 13  # two stem chunks, the second one padded; not a multiple of BUCKET
+    t = tokens(n, seed=3)
+    got = engine.run(t)
+
+    with_padding = np.concatenate([t[:40], np.zeros((25, TOKEN_DIM), np.float32), t[40:]])
+    np.testing.assert_array_equal(engine.run(with_padding), got)
+
+    # The same computation without any padding: exact-size stem calls and an exact-length encoder.
+    backend = CpuBackend(path, threads=2)
+    embeddings = np.concatenate([backend.embed(t[:STEM_CHUNK]), backend.embed(t[STEM_CHUNK:])])
+    unpadded = backend.encode(embeddings, np.ones(n, np.float32))
+    backend.close()
+    np.testing.assert_array_equal(unpadded, got)
 
 
 def test_cpu_engine_matches_reference_across_buckets(
@@ -49,7 +89,7 @@ def test_cpu_engine_matches_reference_across_buckets(
     assert engine.device == "cpu"
     results = {}
     # Different lengths force re-allocation; going back to an earlier length must give the same result.
-    for n in (50, 385, 7, 50):
+    for n in (50, 385, 7, STEM_CHUNK, 50):
         t = tokens(n, seed=n)
         got = engine.run(t)
         want = forward(ckpt.params, ckpt.config, t)
@@ -87,6 +127,23 @@ def test_bad_arguments_and_files(tmp_path: Path, models_root: Path) -> None:
     with pytest.raises(ModelFileError) as info:
         open_engine(junk, num_outputs=1, device="cpu")
     assert "\n" not in str(info.value) and "junk.tflite" in str(info.value)
+
+
+def test_single_signature_model_of_an_older_musiqd_is_refused(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow", reason="making an old-format model needs the convert extra")
+    module = tf.Module()
+    module.serve = tf.function(
+        lambda tokens: tf.reduce_mean(tokens, axis=[1, 2])[:, None],
+        input_signature=[tf.TensorSpec([1, None, TOKEN_DIM], tf.float32, name="tokens")],
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
+    old = tmp_path / "fp32.tflite"
+    old.write_bytes(converter.convert())
+    with pytest.raises(ModelFileError, match=r"older musiqd.*musiqd models convert") as info:
+        open_engine(old, num_outputs=1, device="cpu")
+    assert "\n" not in str(info.value)
 
 
 def test_engine_rejects_malformed_tokens(models_root: Path) -> None:

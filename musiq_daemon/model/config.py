@@ -23,6 +23,13 @@ TOKEN_PIXELS = PATCH_SIZE * PATCH_SIZE * 3
 #: A token row is [3072 pixels, spatial index, scale id, mask].
 TOKEN_DIM = TOKEN_PIXELS + 3
 
+#: The two signatures of a converted model: ``stem`` (token rows to embeddings, per token) and
+#: ``encoder`` (embeddings and mask to the head output). The runtime refuses files without them.
+STEM_SIGNATURE = "stem"
+ENCODER_SIGNATURE = "encoder"
+#: Recorded in a converted model's JSON; bumped whenever the graph's signatures change.
+GRAPH_FORMAT = 2
+
 
 @dataclass(frozen=True)
 class MusiqConfig:

@@ -6,8 +6,14 @@ that way, and keep the exported graph equal to the official model:
 
 * The embedding look-ups (spatial hash, scale id) are one-hot rows times a table - an exact fully-connected
   op - instead of GATHER, which XNNPACK does not delegate and which would split the graph.
-* GroupNorm reduces over (pixels, channels-in-group) of a reshaped tensor; the StdConv weight
-  standardisation and the 1/sqrt(head_dim) query scale are folded into the exported weights.
+* Two signatures: ``stem`` (the per-token ResNet stem, embedding and look-ups) and ``encoder`` (the
+  transformer and head). The runtime feeds the stem fixed-size chunks of a photo's tokens, which bounds
+  the largest activations of the model (the stem's) to a few MB whatever the photo's size.
+* GroupNorm takes per-channel statistics over the contiguous spatial axes, averages them per group on
+  the tiny [B, C] tensor (E[x^2] - E[x]^2) and applies one multiply-add per element; the StdConv weight
+  standardisation and the 1/sqrt(head_dim) query scale are folded into the exported weights. (A mean
+  over the non-adjacent axes of a reshaped [B, HW, G, C/G] tensor, the textbook form, made the stem's
+  five GroupNorms half of the whole inference time under XNNPACK.)
 * Padding rows (mask 0) are hidden from attention by an additive bias on their keys, so a padded input
   gives the output of the unpadded one (the runtime pads to bucketed lengths).
 * The last encoder block only computes the CLS row after its attention keys/values, because the head
@@ -38,10 +44,13 @@ import numpy.typing as npt
 from musiq_daemon.errors import ConversionError
 from musiq_daemon.model.checkpoint import STD_CONV_KERNELS, standardize_kernel
 from musiq_daemon.model.config import (
+    ENCODER_SIGNATURE,
+    GRAPH_FORMAT,
     HASH_GRID,
     NUM_SCALES,
     PATCH_SIZE,
     STEM_OUT_CHANNELS,
+    STEM_SIGNATURE,
     TOKEN_DIM,
     TOKEN_PIXELS,
     MusiqConfig,
@@ -60,6 +69,7 @@ REQUIRED_METADATA = ("model_id", "checkpoint_file", "checkpoint_sha256")
 #: Keys the converter itself records in the JSON; ``metadata`` may not set them.
 COMPUTED_METADATA = (
     "variant",
+    "graph_format",
     "num_classes",
     "config",
     "musiq_daemon_version",
@@ -74,12 +84,15 @@ COMPUTED_METADATA = (
 )
 
 INPUT_LAYOUT = (
-    f"float32 [1, N, {TOKEN_DIM}], N dynamic; one row per token: {TOKEN_PIXELS} pixel values in [-1, 1] "
-    f"({PATCH_SIZE}x{PATCH_SIZE}x3 in row, column, channel order), spatial hash index "
-    f"(0..{HASH_GRID * HASH_GRID - 1}), scale id (0..{NUM_SCALES - 1}), mask (1 token, 0 padding)"
+    f"signature '{STEM_SIGNATURE}': tokens float32 [B, {TOKEN_DIM}], B dynamic; one row per token: "
+    f"{TOKEN_PIXELS} pixel values in [-1, 1] ({PATCH_SIZE}x{PATCH_SIZE}x3 in row, column, channel order), "
+    f"spatial hash index (0..{HASH_GRID * HASH_GRID - 1}), scale id (0..{NUM_SCALES - 1}), mask (unused "
+    f"here). Signature '{ENCODER_SIGNATURE}': embeddings float32 [N, hidden] (the stem's output for a "
+    "photo's tokens), mask float32 [N] (1 token, 0 padding)"
 )
 OUTPUT_LAYOUT = (
-    "float32 [1, num_classes]: the head output (a MOS for 1 class, logits over score bins 1..10 for 10)"
+    f"'{STEM_SIGNATURE}': embeddings float32 [B, hidden]; '{ENCODER_SIGNATURE}': scores float32 "
+    "[1, num_classes], the head output (a MOS for 1 class, logits over score bins 1..10 for 10)"
 )
 
 _TF_MISSING = "converting needs TensorFlow: run .venv/bin/pip install -e '.[convert]' in the musiqd checkout"
@@ -135,6 +148,7 @@ def convert_checkpoint(
 
     computed: dict[str, Any] = {
         "variant": variant,
+        "graph_format": GRAPH_FORMAT,
         "num_classes": config.num_classes,
         "config": asdict(config),
         "musiq_daemon_version": __version__,
@@ -264,103 +278,183 @@ def _export_weights(
 # ----------------------------------------------------------------------------------------------- graph
 
 
-def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig) -> Any:
-    """A ``tf.Module`` whose ``serve`` maps tokens [1, N, 3075] to the head output [1, num_classes]."""
-    heads, head_dim, hidden = config.num_heads, config.head_dim, config.hidden_size
-    lookup_ids = np.arange(HASH_GRID * HASH_GRID + NUM_SCALES, dtype=np.float32)
-    scale_offset = np.float32(HASH_GRID * HASH_GRID)
+class Graph:
+    """MUSIQ's forward pass in plain TensorFlow ops, part by part.
 
-    # Variables, frozen into constants by the converter: with tf.constant the full model took twice as
-    # long to convert and three times the memory (5.4 GB), too much for the boxes this runs on.
-    variables = {
-        key: tf.Variable(value, trainable=False, name=key.replace("/", ".")) for key, value in weights.items()
-    }
+    The model's two signatures are composed of these parts (:func:`_build_module`); the benchmarks time
+    each part on its own, converted with the same settings, for the per-op table.
+    """
 
-    def const(key: str) -> Any:
-        return variables[key]
+    def __init__(self, tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig) -> None:
+        self.tf = tf
+        self.config = config
+        # Variables, frozen into constants by the converter: with tf.constant the full model took twice
+        # as long to convert and three times the memory (5.4 GB), too much for the boxes this runs on.
+        self.variables = {
+            key: tf.Variable(value, trainable=False, name=key.replace("/", "."))
+            for key, value in weights.items()
+        }
+        self._lookup_ids = np.arange(HASH_GRID * HASH_GRID + NUM_SCALES, dtype=np.float32)
 
-    def group_norm(x: Any, prefix: str, eps: float) -> Any:
-        _, height, width, channels = x.shape
-        grouped = tf.reshape(x, [-1, height * width, GROUPS, channels // GROUPS])
-        centred = grouped - tf.reduce_mean(grouped, axis=[1, 3], keepdims=True)
-        variance = tf.reduce_mean(tf.square(centred), axis=[1, 3], keepdims=True)
-        normed = tf.reshape(centred * tf.math.rsqrt(variance + eps), [-1, height, width, channels])
-        return normed * const(f"{prefix}/scale") + const(f"{prefix}/bias")
+    def const(self, key: str) -> Any:
+        return self.variables[key]
 
-    def conv(x: Any, key: str, stride: int) -> Any:
-        return tf.nn.conv2d(x, const(key), strides=stride, padding="SAME")
+    def group_norm(self, x: Any, prefix: str, eps: float) -> Any:
+        """GroupNorm: statistics per channel first (a reduction over the contiguous spatial axes, which
+        XNNPACK runs fast), then per group on the tiny [B, C] tensor, with E[x^2] - E[x]^2 as flax computes
+        it; normalisation, scale and bias fold into one multiply-add per element. Broadcasting happens
+        inside MUL and ADD: a BROADCAST_TO would split the graph into several XNNPACK partitions."""
+        tf = self.tf
+        channels = x.shape[-1]
+        group_shape = [-1, GROUPS, channels // GROUPS]
+        mean = tf.reduce_mean(tf.reshape(tf.reduce_mean(x, axis=[1, 2]), group_shape), 2, keepdims=True)
+        mean_sq = tf.reduce_mean(
+            tf.reshape(tf.reduce_mean(tf.square(x), axis=[1, 2]), group_shape), 2, keepdims=True
+        )
+        inv = tf.math.rsqrt(tf.nn.relu(mean_sq - tf.square(mean)) + eps)  # [B, G, 1]
+        scale = inv * tf.reshape(self.const(f"{prefix}/scale"), [GROUPS, channels // GROUPS])
+        shift = tf.reshape(self.const(f"{prefix}/bias"), [GROUPS, channels // GROUPS]) - mean * scale
+        return x * tf.reshape(scale, [-1, 1, 1, channels]) + tf.reshape(shift, [-1, 1, 1, channels])
 
-    def layer_norm(x: Any, prefix: str) -> Any:
+    def conv(self, x: Any, key: str, stride: int) -> Any:
+        return self.tf.nn.conv2d(x, self.const(key), strides=stride, padding="SAME")
+
+    def layer_norm(self, x: Any, prefix: str) -> Any:
+        tf = self.tf
         centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
         variance = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
         normed = centred * tf.math.rsqrt(variance + LN_EPSILON)
-        return normed * const(f"{prefix}/scale") + const(f"{prefix}/bias")
+        return normed * self.const(f"{prefix}/scale") + self.const(f"{prefix}/bias")
 
-    def dense(x: Any, prefix: str) -> Any:
-        return tf.matmul(x, const(f"{prefix}/kernel")) + const(f"{prefix}/bias")
+    def dense(self, x: Any, prefix: str) -> Any:
+        return self.tf.matmul(x, self.const(f"{prefix}/kernel")) + self.const(f"{prefix}/bias")
 
-    def split_heads(x: Any) -> Any:  # [T, hidden] -> [heads, T, head_dim]
-        return tf.transpose(tf.reshape(x, [-1, heads, head_dim]), [1, 0, 2])
+    def split_heads(self, x: Any) -> Any:
+        """[T, hidden] -> [heads, T, head_dim]"""
+        shape = [-1, self.config.num_heads, self.config.head_dim]
+        return self.tf.transpose(self.tf.reshape(x, shape), [1, 0, 2])
 
-    def stem(pixels: Any) -> Any:  # [N, 32, 32, 3] -> [N, 16384]
-        x = tf.nn.relu(group_norm(conv(pixels, "conv_root/kernel", 2), "gn_root", GN_ROOT_EPSILON))
-        x = tf.nn.max_pool2d(x, ksize=3, strides=2, padding="SAME")
-        unit = "block1/unit1/"
-        residual = group_norm(conv(x, f"{unit}conv_proj/kernel", 1), f"{unit}gn_proj", GN_UNIT_EPSILON)
-        y = tf.nn.relu(group_norm(conv(x, f"{unit}conv1/kernel", 1), f"{unit}gn1", GN_UNIT_EPSILON))
-        y = tf.nn.relu(group_norm(conv(y, f"{unit}conv2/kernel", 1), f"{unit}gn2", GN_UNIT_EPSILON))
-        y = group_norm(conv(y, f"{unit}conv3/kernel", 1), f"{unit}gn3", GN_UNIT_EPSILON)
+    def root(self, pixels: Any) -> Any:
+        """[B, 32, 32, 3] -> [B, 8, 8, 64]: the root convolution, its GroupNorm and the max pool."""
+        tf = self.tf
+        x = tf.nn.relu(self.group_norm(self.conv(pixels, "conv_root/kernel", 2), "gn_root", GN_ROOT_EPSILON))
+        return tf.nn.max_pool2d(x, ksize=3, strides=2, padding="SAME")
+
+    def unit(self, x: Any) -> Any:
+        """[B, 8, 8, 64] -> [B, 16384]: the bottleneck unit, flattened per token."""
+        tf, unit, eps = self.tf, "block1/unit1/", GN_UNIT_EPSILON
+        residual = self.group_norm(self.conv(x, f"{unit}conv_proj/kernel", 1), f"{unit}gn_proj", eps)
+        y = tf.nn.relu(self.group_norm(self.conv(x, f"{unit}conv1/kernel", 1), f"{unit}gn1", eps))
+        y = tf.nn.relu(self.group_norm(self.conv(y, f"{unit}conv2/kernel", 1), f"{unit}gn2", eps))
+        y = self.group_norm(self.conv(y, f"{unit}conv3/kernel", 1), f"{unit}gn3", eps)
         x = tf.nn.relu(residual + y)
         return tf.reshape(x, [-1, x.shape[1] * x.shape[2] * STEM_OUT_CHANNELS])
 
-    def encoder_block(x: Any, key_bias: Any, prefix: str, cls_only: bool) -> Any:
-        h = layer_norm(x, f"{prefix}LayerNorm_0")
-        kv = dense(h, f"{prefix}kv")
-        keys, values = split_heads(kv[:, :hidden]), split_heads(kv[:, hidden:])
-        if cls_only:
+    def attention(self, x: Any, key_bias: Any, prefix: str, cls_only: bool) -> Any:
+        """The residual attention half of an encoder block."""
+        tf, hidden = self.tf, self.config.hidden_size
+        h = self.layer_norm(x, f"{prefix}LayerNorm_0")
+        kv = self.dense(h, f"{prefix}kv")
+        keys, values = self.split_heads(kv[:, :hidden]), self.split_heads(kv[:, hidden:])
+        if cls_only:  # the head reads the CLS row only; per-token ops make this exact
             x, h = x[:1], h[:1]
-        queries = split_heads(dense(h, f"{prefix}query"))
+        queries = self.split_heads(self.dense(h, f"{prefix}query"))
         attention = tf.nn.softmax(tf.matmul(queries, keys, transpose_b=True) + key_bias, axis=-1)
         context = tf.reshape(tf.transpose(tf.matmul(attention, values), [1, 0, 2]), [-1, hidden])
-        x = x + dense(context, f"{prefix}out")
-        h = layer_norm(x, f"{prefix}LayerNorm_2")
-        h = tf.nn.gelu(dense(h, f"{prefix}Dense_0"), approximate=True)
-        return x + dense(h, f"{prefix}Dense_1")
+        return x + self.dense(context, f"{prefix}out")
 
-    def forward(tokens: Any) -> Any:
-        # A reshape, not tokens[0]: XNNPACK does not take a strided slice that drops an axis.
-        rows = tf.reshape(tokens, [-1, TOKEN_DIM])
-        pixels = tf.reshape(rows[:, :TOKEN_PIXELS], [-1, PATCH_SIZE, PATCH_SIZE, 3])
-        spatial = rows[:, TOKEN_PIXELS : TOKEN_PIXELS + 1]
-        scale = rows[:, TOKEN_PIXELS + 1 : TOKEN_PIXELS + 2] + scale_offset
-        mask = rows[:, TOKEN_PIXELS + 2 : TOKEN_PIXELS + 3]
-        # Exact one-hot rows from float ids: relu(1 - |id - j|) is 1 at j == id and 0 elsewhere.
-        onehot = tf.nn.relu(1.0 - tf.abs(spatial - lookup_ids)) + tf.nn.relu(1.0 - tf.abs(scale - lookup_ids))
-        x = dense(stem(pixels), "embedding") + tf.matmul(onehot, const("lookup"))
-        x = tf.concat([const("cls"), x], axis=0)
+    def mlp(self, x: Any, prefix: str) -> Any:
+        """The residual MLP half of an encoder block."""
+        h = self.layer_norm(x, f"{prefix}LayerNorm_2")
+        h = self.tf.nn.gelu(self.dense(h, f"{prefix}Dense_0"), approximate=True)
+        return x + self.dense(h, f"{prefix}Dense_1")
+
+    def stem(self, tokens: Any) -> Any:
+        """Token rows [B, 3075] -> embeddings [B, hidden]."""
+        tf = self.tf
+        pixels = tf.reshape(tokens[:, :TOKEN_PIXELS], [-1, PATCH_SIZE, PATCH_SIZE, 3])
+        spatial = tokens[:, TOKEN_PIXELS : TOKEN_PIXELS + 1]
+        scale = tokens[:, TOKEN_PIXELS + 1 : TOKEN_PIXELS + 2] + np.float32(HASH_GRID * HASH_GRID)
+        # Exact one-hot rows from float ids: relu(1 - |id - j|) is 1 at j == id and 0 elsewhere. A one-hot
+        # matmul instead of GATHER, which XNNPACK does not take and which would split the graph.
+        ids = self._lookup_ids
+        onehot = tf.nn.relu(1.0 - tf.abs(spatial - ids)) + tf.nn.relu(1.0 - tf.abs(scale - ids))
+        features = self.unit(self.root(pixels))
+        return self.dense(features, "embedding") + tf.matmul(onehot, self.const("lookup"))
+
+    def encoder(self, embeddings: Any, mask: Any) -> Any:
+        """Embeddings [N, hidden] and mask [N] -> head output [1, num_classes]."""
+        tf, layers = self.tf, self.config.num_layers
+        x = tf.concat([self.const("cls"), embeddings], axis=0)
         # The CLS token is always attended to; padding keys get a large negative logit.
         key_bias = tf.reshape((1.0 - mask) * _MASK_BIAS, [1, 1, -1])
         key_bias = tf.concat([tf.zeros([1, 1, 1]), key_bias], axis=2)
-        for i in range(config.num_layers):
-            x = encoder_block(x, key_bias, f"block{i}/", cls_only=i == config.num_layers - 1)
-        return dense(layer_norm(x[:1], "encoder_norm"), "head")
+        for i in range(layers):
+            x = self.mlp(self.attention(x, key_bias, f"block{i}/", cls_only=i == layers - 1), f"block{i}/")
+        return self.dense(self.layer_norm(x[:1], "encoder_norm"), "head")
 
+
+def _build_module(tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig) -> Any:
+    """A ``tf.Module`` with the model's two signatures.
+
+    ``stem`` maps token rows [B, 3075] to embeddings [B, hidden] (the ResNet stem, the embedding dense
+    layer and the two look-ups: all per token, so the runtime runs it on fixed-size chunks of a photo's
+    tokens and never holds the stem's activations for a whole photo); ``encoder`` maps the embeddings
+    [N, hidden] and the mask [N] to the head output [1, num_classes].
+    """
+    graph = Graph(tf, weights, config)
+
+    # The functions' names become the signature keys; their dict keys name the outputs.
+    def stem(tokens: Any) -> dict[str, Any]:
+        return {"embeddings": graph.stem(tokens)}
+
+    def encoder(embeddings: Any, mask: Any) -> dict[str, Any]:
+        return {"scores": graph.encoder(embeddings, mask)}
+
+    assert (stem.__name__, encoder.__name__) == (STEM_SIGNATURE, ENCODER_SIGNATURE)
     module = tf.Module(name="musiq")
-    module.parameters = variables  # tracked, so the converter finds and freezes them
-    # Batch 1, any sequence length: the runtime resizes the input per photo (or per length bucket).
-    module.serve = tf.function(
-        forward, input_signature=[tf.TensorSpec([1, None, TOKEN_DIM], tf.float32, name="tokens")]
+    module.parameters = graph.variables  # tracked, so the converter finds and freezes them
+    module.stem = tf.function(
+        stem, input_signature=[tf.TensorSpec([None, TOKEN_DIM], tf.float32, name="tokens")]
+    )
+    module.encoder = tf.function(
+        encoder,
+        input_signature=[
+            tf.TensorSpec([None, config.hidden_size], tf.float32, name="embeddings"),
+            tf.TensorSpec([None], tf.float32, name="mask"),
+        ],
     )
     return module
 
 
+def convert_signature(
+    params: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig, *, variant: str, signature: str
+) -> bytes:
+    """One signature of the model alone, as a single-subgraph ``.tflite`` (nothing is written).
+
+    For inspection: LiteRT's Python API shows the execution plan (which nodes a delegate took) of a
+    model's first subgraph only, so delegation checks and per-op profiles look at each part on its own.
+    It is the very graph :func:`convert_checkpoint` puts into the model file.
+    """
+    if signature not in (STEM_SIGNATURE, ENCODER_SIGNATURE):
+        raise ConversionError(f"unknown signature '{signature}'")
+    _check_params(params, config)
+    tf = _import_tensorflow()
+    with _quiet_tensorflow(tf):
+        return _convert(tf, _export_weights(params, config), config, variant, (signature,))
+
+
 def _convert(
-    tf: Any, weights: Mapping[str, npt.NDArray[np.float32]], config: MusiqConfig, variant: str
+    tf: Any,
+    weights: Mapping[str, npt.NDArray[np.float32]],
+    config: MusiqConfig,
+    variant: str,
+    signatures: tuple[str, ...] = (STEM_SIGNATURE, ENCODER_SIGNATURE),
 ) -> bytes:
     module = _build_module(tf, weights, config)
     try:
-        function = module.serve.get_concrete_function()
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+        functions = [getattr(module, name).get_concrete_function() for name in signatures]
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, module)
         # Builtin ops only: LiteRT ships no Flex kernels, so a Flex op would only fail later, at load time.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if variant == "fp16":
@@ -415,15 +509,15 @@ def _check_builtin_only(flatbuffer: bytes) -> None:
 
 
 def _smoke_test(flatbuffer: bytes, config: MusiqConfig) -> None:
-    """Load and run the model in the LiteRT runtime that will score with it.
+    """Load and run both signatures in the LiteRT runtime that will score with the model.
 
     The converter can emit op versions newer than the runtime knows; that surfaces here, at conversion,
     instead of at the first photo.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    tokens = np.zeros((1, 2, TOKEN_DIM), dtype=np.float32)
-    tokens[0, :, -1] = 1.0
+    tokens = np.zeros((2, TOKEN_DIM), dtype=np.float32)
+    tokens[:, -1] = 1.0
     try:
         # The builtin kernels resolve every op the file names (XNNPACK would only take a subset).
         interpreter = Interpreter(
@@ -431,16 +525,15 @@ def _smoke_test(flatbuffer: bytes, config: MusiqConfig) -> None:
             num_threads=1,
             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         )
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, list(tokens.shape), strict=False)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, tokens)
-        interpreter.invoke()
-        output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    except (ValueError, RuntimeError) as exc:
+        embeddings = interpreter.get_signature_runner(STEM_SIGNATURE)(tokens=tokens)["embeddings"]
+        encoder = interpreter.get_signature_runner(ENCODER_SIGNATURE)
+        output = encoder(embeddings=embeddings, mask=np.ones(2, np.float32))["scores"]
+    except (ValueError, RuntimeError, KeyError) as exc:
         raise ConversionError(
             f"the LiteRT runtime cannot run the converted model: {_first_line(exc)}"
         ) from None
+    if embeddings.shape != (2, config.hidden_size):
+        raise ConversionError(f"the converted stem gives a bad output {embeddings.shape} on a probe input")
     if output.shape != (1, config.num_classes) or not np.all(np.isfinite(output)):
         raise ConversionError(f"the converted model gives a bad output {output.shape} on a probe input")
 
