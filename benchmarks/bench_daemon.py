@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_score import SIZES, ensure_models, make_photo
+from bench_score import SIZES, make_photo
+from common import ensure_models
 
 DISTINCT = 8  # distinct generated photos; the others are copies (generating 12 MP noise takes seconds)
 

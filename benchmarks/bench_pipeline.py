@@ -23,22 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_score import SIZES, make_photo
+from common import ensure_models
 
 DISTINCT = 4  # distinct generated photos; the others are copies (generating 12 MP noise takes seconds)
-
-
-def ensure_models(cache: Path, variant: str) -> Path:
-    from musiq_daemon.model.config import MusiqConfig
-    from musiq_daemon.model.store import install_from_checkpoint, model_path
-    from musiq_daemon.model.synthetic import write_synthetic_checkpoint
-
-    models = cache / "models"
-    for model, classes in (("koniq", 1), ("ava", 10)):
-        if not model_path(model, variant, models).is_file():
-            ckpt = write_synthetic_checkpoint(cache / f"{model}_ckpt.npz", MusiqConfig(num_classes=classes))
-            print(f"converting full-size synthetic {model} to {variant} (once) ...", file=sys.stderr)
-            install_from_checkpoint(ckpt, model, [variant], root=models)
-    return models
 
 
 def run(models: list[str], passes: int, originals: list[Path], work: Path, args: argparse.Namespace) -> float:
@@ -87,7 +74,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musiqd-bench-cache")
     args = parser.parse_args()
-    args.models = ensure_models(args.cache, args.variant)
+    args.models = ensure_models(args.cache, [args.variant], ("koniq", "ava"))
     with tempfile.TemporaryDirectory(prefix="musiqd-bench-pipeline-") as tmp:
         work = Path(tmp)
         width, height = SIZES[args.size]

@@ -23,6 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ensure_models, machine, peak_rss_mb
+
 SIZES = {"1MP": (1224, 816), "6MP": (3000, 2000), "12MP": (4240, 2832), "24MP": (6000, 4000)}
 
 
@@ -41,29 +44,6 @@ def make_photo(path: Path, width: int, height: int) -> None:
     img += 12 * np.sin(xx / 2.5)[..., None] * np.sin(yy / 3.5)[..., None]
     img += rng.normal(0, 4, size=img.shape)
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
-
-
-def ensure_models(cache: Path, variants: list[str]) -> Path:
-    from musiq_daemon.model.config import MusiqConfig
-    from musiq_daemon.model.store import install_from_checkpoint, model_path
-    from musiq_daemon.model.synthetic import write_synthetic_checkpoint
-
-    models = cache / "models"
-    missing = [v for v in variants if not model_path("koniq", v, models).is_file()]
-    if missing:
-        ckpt = write_synthetic_checkpoint(cache / "koniq_ckpt.npz", MusiqConfig(), seed=0)
-        print(f"converting full-size synthetic koniq to {', '.join(missing)} (once) ...", file=sys.stderr)
-        install_from_checkpoint(ckpt, "koniq", missing, root=models)
-    return models
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Not ru_maxrss: Linux carries that over from the parent
-    across fork+exec, so a child of a big parent would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -130,6 +110,7 @@ def main() -> None:
             f"{'variant':<13}{'thr':>4}{'size':>6}{'tokens':>8}{'decode':>8}{'prep':>8}{'infer':>8}"
             f"{'total':>8}{'maxRSS MB':>11}"
         )
+        print(f"machine: {machine()}")
         print(f"policy: {args.policy or 'model default (max_side=1024)'}; median of {args.repeats}; seconds")
         print(header)
         print("-" * len(header))

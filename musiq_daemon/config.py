@@ -47,10 +47,16 @@ from typing import Any, Final, get_args
 
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.errors import ConfigError, UsageError
+from musiq_daemon.metadata.policy import DngMode, Mode, SidecarNaming, WritePolicy
 from musiq_daemon.metadata.safefile import TEMP_PREFIX
-from musiq_daemon.metadata.writer import DngMode, Mode, SidecarNaming, WritePolicy
-from musiq_daemon.preprocess import ResolutionPolicy
-from musiq_daemon.runtime import DEVICES
+
+# Every command reads the configuration, most never score: the model runtime, the image code and the
+# metadata writer (numpy, PIL, exiv2, LiteRT) stay unloaded here. The one check that needs the
+# preprocessing module imports it when a resolution is given.
+
+#: The runtime's devices (musiq_daemon.runtime.DEVICES; a test checks they agree). Importing the runtime
+#: for these three words would load numpy into `musiqd status`.
+DEVICES: Final = ("auto", "cpu", "gpu")
 
 SYSTEM_CONFIG: Final = Path("/etc/musiqd/config.toml")
 _NO_OVERRIDES: Final[Mapping[str, object]] = MappingProxyType({})
@@ -287,6 +293,8 @@ def _database(value: object, cli: bool) -> str:
 
 
 def _resolution(value: object, cli: bool) -> str:
+    from musiq_daemon.preprocess import ResolutionPolicy
+
     if not isinstance(value, str):
         raise _BadValueError(f'must be "full" or "max_side=N" (got {_show(value)})')
     try:

@@ -231,7 +231,7 @@ def test_exiv2_messages_are_collected_and_printed_nowhere(tmp_path: Path) -> Non
 OUTSIDE_A_BLOCK = (
     CLI_LOGGING
     + r"""
-import musiq_daemon.metadata  # what any metadata code imports first
+import musiq_daemon.metadata.xmp  # what the code that calls libexiv2 imports
 import exiv2
 
 debug = logging.StreamHandler(sys.stdout)
@@ -245,7 +245,7 @@ image.readMetadata()
 
 
 def test_exiv2_messages_outside_a_block_go_to_the_debug_log(tmp_path: Path) -> None:
-    """Once the metadata package is imported, libexiv2's messages never reach stderr raw (the CLI's
+    """Once a module that calls libexiv2 is imported, its messages never reach stderr raw (the CLI's
     handler printed them as ``ERROR exiv2: ...``, naming no photo): outside a block they are debug lines."""
     photo = tmp_path / "broken_exif.jpg"
     photo.write_bytes(exif_jpeg(0x010F))
@@ -256,6 +256,26 @@ def test_exiv2_messages_outside_a_block_go_to_the_debug_log(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "exiv2 error: Offset of directory Image, entry 0x010f is out of bounds" in result.stdout
+
+
+def test_every_module_that_imports_exiv2_routes_its_messages() -> None:
+    """Importing :mod:`musiq_daemon.native_log` installs the router. The metadata package does not import
+    it for all its modules (commands that write nothing must not load exiv2), so each module that imports
+    exiv2 imports native_log itself."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "musiq_daemon"
+    unrouted = []
+    for path in sorted(package.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
+        if "exiv2" in names and "musiq_daemon.native_log" not in names and path.name != "native_log.py":
+            unrouted.append(str(path.relative_to(package)))
+    assert unrouted == []
 
 
 def test_writing_a_photo_with_broken_exif_prints_nothing(env: dict[str, str], tmp_path: Path) -> None:

@@ -51,6 +51,18 @@ def test_damaged_model_is_refused(tmp_path: Path, models_root: Path) -> None:
         load_installed("ava", "fp32", root=root)
 
 
+def test_model_of_an_older_musiqd_asks_for_reconversion(tmp_path: Path, models_root: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(models_root, root)
+    meta_path = root / "koniq" / "fp32.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    del meta["graph_format"]  # what models converted before the stem/encoder split carry
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ModelFileError, match=r"older musiqd .*models convert --checkpoint koniq_ckpt.npz"):
+        load_installed("koniq", "fp32", root=root)
+    assert [m.variant for m in list_installed(root) if m.spec.id == "koniq"] == ["dynamic-int8"]
+
+
 def test_wrong_head_checkpoint_is_refused(tmp_path: Path, tiny_checkpoints: dict[str, Path]) -> None:
     # An AVA checkpoint (10 outputs) cannot become the koniq model (1 output).
     with pytest.raises(CheckpointError, match="10"):

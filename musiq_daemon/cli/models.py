@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.errors import UsageError
-from musiq_daemon.model.store import install_from_checkpoint, list_installed, load_installed
 from musiq_daemon.paths import checkpoints_dir, models_dir
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# rich's tables and progress bars and the model store are imported inside the commands: every musiqd
+# command loads this module, `musiqd --help` included.
+
 app = typer.Typer(help="List, fetch, convert and verify MUSIQ models.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+
+
+@cache
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
 def _variants(values: list[str] | None) -> list[str]:
@@ -31,6 +40,10 @@ def _variants(values: list[str] | None) -> list[str]:
 @app.command("list")
 def list_models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The catalogue, and which variants are installed (with their sizes)."""
+    from rich.table import Table
+
+    from musiq_daemon.model.store import list_installed
+
     catalogue = load_catalogue()
     installed = list_installed()
     by_id: dict[str, list[str]] = {}
@@ -64,7 +77,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Machine-read
         table.add_row(
             name, s.title, f"{s.scale_min:g}-{s.scale_max:g}", size, ", ".join(by_id.get(s.id, [])) or "-"
         )
-    console.print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -76,6 +89,8 @@ def fetch(
     ),
 ) -> None:
     """Download the official checkpoint (resumable), record its sha256, convert it."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
     from musiq_daemon.model.fetch import download_checkpoint
 
     spec = load_catalogue().get(model_id)
@@ -86,7 +101,7 @@ def fetch(
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=_console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task(spec.file, total=None)
@@ -96,18 +111,20 @@ def fetch(
             url=url,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    err_console.print(f"{path} sha256 {digest}")
+    _console(stderr=True).print(f"{path} sha256 {digest}")
     _convert(path, model_id, variants)
 
 
 def _convert(checkpoint: Path, model_id: str, variants: list[str]) -> None:
+    from musiq_daemon.model.store import install_from_checkpoint
+
     for m in install_from_checkpoint(
         checkpoint,
         model_id,
         variants,
-        on_variant=lambda v: err_console.print(f"converting {model_id} to {v} ..."),
+        on_variant=lambda v: _console(stderr=True).print(f"converting {model_id} to {v} ..."),
     ):
-        console.print(
+        _console().print(
             f"installed {m.spec.id} {m.variant}: {m.path} ({m.size_bytes / 1e6:.1f} MB, version {m.version})"
         )
 
@@ -145,6 +162,9 @@ def verify(
     ),
 ) -> None:
     """Compare installed TFLite variants with the numpy reference forward pass on the source checkpoint."""
+    from rich.table import Table
+
+    from musiq_daemon.model.store import list_installed, load_installed
     from musiq_daemon.model.verify import verify_model
 
     catalogue = load_catalogue()
@@ -164,6 +184,6 @@ def verify(
             f"{row.spearman:.4f}",
             "yes" if row.ok else "NO",
         )
-    console.print(table)
+    _console().print(table)
     if not all(row.ok for row in report.rows):
         raise typer.Exit(1)

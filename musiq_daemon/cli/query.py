@@ -11,9 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.cli.options import PLAIN_DB_OPTION
@@ -22,8 +19,8 @@ from musiq_daemon.errors import UsageError
 if TYPE_CHECKING:
     from musiq_daemon.index import ResultRow
 
-# The index modules (SQLAlchemy) are imported inside the commands: `musiqd --help` and the other
-# commands start faster without them.
+# The index modules (SQLAlchemy) and rich's tables are imported inside the commands: `musiqd --help` and
+# the other commands start faster without them.
 
 FORMATS = ("table", "json", "jsonl", "csv", "paths", "paths0")
 
@@ -123,6 +120,10 @@ def _shown(path: str) -> str:
 
 
 def _table(rows: Iterable[ResultRow]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_edge=False, pad_edge=False)
     for col, justify in (("score", "right"), ("date", "left"), ("size", "right"), ("path", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -148,6 +149,8 @@ def _table(rows: Iterable[ResultRow]) -> None:
 
 def show_stats(database: str = PLAIN_DB_OPTION) -> None:
     """Photos, scores per model, queue, and a score histogram per model."""
+    from rich.console import Console
+
     from musiq_daemon.index import open_index, stats
 
     db = open_index(database)

@@ -59,7 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import (
     ColumnElement,
@@ -74,7 +74,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from musiq_daemon.errors import UsageError
@@ -84,6 +83,9 @@ from musiq_daemon.index.paths import decode_path, encode_path
 
 # Private to the query module, shared so that `rescore PATH` selects exactly what `query --under` shows.
 from musiq_daemon.index.queries import under_condition
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 RescoreMode = Literal["missing", "all"]
 
@@ -177,6 +179,9 @@ def _job_insert(session: Session) -> postgresql.Insert | sqlite.Insert:
     """The dialect's ``INSERT`` into jobs, for ``ON CONFLICT DO NOTHING``: a (photo, model) job queued
     concurrently by another process is simply there already (a plain insert would abort the caller's
     whole transaction)."""
+    # Imported here: `musiqd status` reads the queue and needs neither dialect's INSERT.
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = _dialect(session)
     if dialect == "postgresql":
         return postgresql.insert(Job)

@@ -1,5 +1,6 @@
-"""Writing scores into photo metadata: safe file replacement, content hashes and the metadata writers."""
+"""Writing scores into photo metadata: safe file replacement, content hashes and the metadata writers.
 
-# Before any module here touches exiv2: libexiv2's log messages go to the photo they concern, or to the
-# debug log, never raw to stderr.
-from musiq_daemon import native_log as _native_log  # noqa: F401
+Importing the package loads nothing heavy: the modules that call libexiv2 (:mod:`.xmp`, :mod:`.writer`)
+import :mod:`musiq_daemon.native_log` themselves, which routes its log messages before any call, and
+:mod:`.policy` and :mod:`.safefile` stay cheap for commands that write no metadata.
+"""

@@ -15,13 +15,11 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Literal
 
 from musiq_daemon.decode import RAW_SUFFIXES, SUPPORTED_SUFFIXES, display_name
+from musiq_daemon.metadata.policy import SidecarNaming as SidecarNaming
 
 log = logging.getLogger(__name__)
-
-SidecarNaming = Literal["replace", "append"]
 
 
 def sidecar_targets(photo: Path, naming: SidecarNaming) -> list[tuple[Path, bool]]:

@@ -100,7 +100,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 
 import exiv2
 
@@ -112,14 +112,18 @@ from musiq_daemon.errors import DecodeError, ReadOnlyError, UsageError, WriteErr
 from musiq_daemon.metadata import containers, packet
 from musiq_daemon.metadata import xmp as ours
 from musiq_daemon.metadata.content_hash import content_hash
+
+# The policy lives apart (the configuration loads it without the writer); its names are the writer's API too.
+from musiq_daemon.metadata.policy import DngMode as DngMode
+from musiq_daemon.metadata.policy import Mode as Mode
+from musiq_daemon.metadata.policy import SidecarNaming as SidecarNaming
+from musiq_daemon.metadata.policy import WritePolicy as WritePolicy
 from musiq_daemon.metadata.safefile import FileSignature, atomic_replace, read_snapshot
-from musiq_daemon.metadata.sidecar import SidecarNaming, move_sidecars, sidecar_targets
+from musiq_daemon.metadata.sidecar import move_sidecars, sidecar_targets
 from musiq_daemon.records import ScoreRecord
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["embed", "sidecar", "index-only"]
-DngMode = Literal["sidecar", "embed"]
 Target = Literal["embedded", "sidecar", "none"]
 
 EMBEDDABLE_FORMATS: Final = frozenset({"JPEG", "PNG", "TIFF", "WEBP"})
@@ -139,41 +143,6 @@ _PACKET_PROPERTY: Final = re.compile(
     rb"\s(?!xmlns:|rdf:|xml:|x:)[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*\s*="  # an attribute
     rb"|<(?!rdf:|x:)[A-Za-z_][\w.-]*:[A-Za-z_]"  # an element
 )
-
-
-@dataclass(frozen=True)
-class WritePolicy:
-    """Where and what :func:`write_score` writes (see the module docstring)."""
-
-    mode: Mode = "embed"
-    dng: DngMode = "sidecar"
-    sidecar_naming: SidecarNaming = "append"
-    # The model whose score sets xmp:Rating; None writes no stars.
-    rating_model: str | None = "koniq"
-    # Per model: the 4 boundaries on the reported scale for 2, 3, 4 and 5 stars. A model without an entry
-    # gets neither stars nor a bucket keyword.
-    star_thresholds: Mapping[str, ours.Thresholds] = field(
-        default_factory=lambda: dict(ours.DEFAULT_STAR_THRESHOLDS)
-    )
-    keywords: bool = True  # write the bucket keywords
-    preserve_mtime: bool = False  # see the module docstring before turning this on
-
-    def __post_init__(self) -> None:
-        for name, kind in (("mode", Mode), ("dng", DngMode), ("sidecar_naming", SidecarNaming)):
-            value = getattr(self, name)
-            if value not in get_args(kind):
-                choices = ", ".join(get_args(kind))
-                raise UsageError(f"write policy: unknown {name} '{value}': choose one of {choices}")
-        checked = {
-            ours.check_model_id(model): ours.check_thresholds(model, bounds)
-            for model, bounds in self.star_thresholds.items()
-        }
-        object.__setattr__(self, "star_thresholds", checked)
-        if self.rating_model is not None and self.rating_model not in checked:
-            raise UsageError(
-                f"write policy: the rating model '{self.rating_model}' has no star thresholds; "
-                "add them or set rating_model to None"
-            )
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,6 @@ a keyword that is already right stays where it is. Parents that Lightroom adds t
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,8 +88,14 @@ from typing import Any, Final
 
 import exiv2
 
-from musiq_daemon.catalogue import default_star_thresholds
-from musiq_daemon.errors import UsageError
+# Before anything here calls libexiv2: its log messages are routed, never printed raw.
+from musiq_daemon import native_log as _native_log  # noqa: F401
+
+# The star thresholds' rules live with the write policy (loaded without exiv2); they are this module's too.
+from musiq_daemon.metadata.policy import DEFAULT_STAR_THRESHOLDS as DEFAULT_STAR_THRESHOLDS
+from musiq_daemon.metadata.policy import Thresholds as Thresholds
+from musiq_daemon.metadata.policy import check_model_id as check_model_id
+from musiq_daemon.metadata.policy import check_thresholds as check_thresholds
 
 NAMESPACE_URI: Final = "http://ns.musiqd.org/xmp/1.0/"
 NAMESPACE_PREFIX: Final = "musiqd"
@@ -126,17 +130,8 @@ MS_KEYWORDS_KEY: Final = "Xmp.MicrosoftPhoto.LastKeywordXMP"
 
 KEYWORD_ROOT: Final = "MUSIQ"
 
-Thresholds = tuple[float, float, float, float]
-
-#: Starting points, not calibrations, from the model catalogue (``stars`` of each model in
-#: models_tflite/manifest.toml): tune them to a collection's score distribution. On the 1..5 MOS scale the
-#: 3-star bucket is meant for ordinary photos, 4-5 stars for ones that stand out and 1-2 stars for visible
-#: problems; AVA's 1..10 aesthetic means sit in a narrower band around 5, hence its boundaries.
-DEFAULT_STAR_THRESHOLDS: Final[Mapping[str, Thresholds]] = default_star_thresholds()
-
 # EXIF RatingPercent / MicrosoftPhoto:Rating for 1..5 stars, as Windows writes them.
 _PERCENT: Final = {1: 1, 2: 25, 3: 50, 4: 75, 5: 99}
-_MODEL_ID: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 _namespace_lock = threading.Lock()
 _namespace_ready = False
@@ -154,32 +149,6 @@ def register_namespace() -> None:
             with contextlib.suppress(exiv2.Exiv2Error):
                 exiv2.XmpProperties.registerNs("http://ns.adobe.com/xmp/note/", "xmpNote")
             _namespace_ready = True
-
-
-def check_model_id(model_id: str) -> str:
-    """``model_id`` if it can name an XMP property, else a :class:`UsageError`."""
-    if not _MODEL_ID.match(model_id):
-        raise UsageError(
-            f"model id '{model_id}' cannot name an XMP property: use lower-case letters, digits and _"
-        )
-    return model_id
-
-
-def check_thresholds(model_id: str, thresholds: Sequence[float]) -> Thresholds:
-    """Four strictly increasing finite boundaries, else a :class:`UsageError`."""
-    problem = UsageError(
-        f"star thresholds for '{model_id}' must be 4 increasing finite numbers (the scores for 2, 3, 4 and "
-        f"5 stars), got {thresholds!r}"
-    )
-    try:
-        values = tuple(float(t) for t in thresholds)
-    except (TypeError, ValueError):
-        raise problem from None
-    if len(values) != 4 or not all(map(math.isfinite, values)):
-        raise problem
-    if any(not b > a for a, b in itertools.pairwise(values)):
-        raise problem
-    return values[0], values[1], values[2], values[3]
 
 
 def stars_for(score: float, thresholds: Thresholds) -> int:

@@ -27,12 +27,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -94,6 +95,11 @@ OUTPUT_LAYOUT = (
     f"'{STEM_SIGNATURE}': embeddings float32 [B, hidden]; '{ENCODER_SIGNATURE}': scores float32 "
     "[1, num_classes], the head output (a MOS for 1 class, logits over score bins 1..10 for 10)"
 )
+
+#: Layers the dynamic-int8 variant keeps in float32 (regular expressions over layer names; see
+#: :func:`quantize_dynamic`). Chosen by measuring each layer group's share of the int8 error; see
+#: models_tflite/README.md for the numbers.
+KEEP_FLOAT: tuple[str, ...] = ()
 
 _TF_MISSING = "converting needs TensorFlow: run .venv/bin/pip install -e '.[convert]' in the musiqd checkout"
 
@@ -317,7 +323,10 @@ class Graph:
         return x * tf.reshape(scale, [-1, 1, 1, channels]) + tf.reshape(shift, [-1, 1, 1, channels])
 
     def conv(self, x: Any, key: str, stride: int) -> Any:
-        return self.tf.nn.conv2d(x, self.const(key), strides=stride, padding="SAME")
+        # Named after the layer: the op's output tensor carries the name, and quantization recipes
+        # select layers by it (see QUANTIZE_EXCEPT).
+        with self.tf.name_scope(key.removesuffix("/kernel")):
+            return self.tf.nn.conv2d(x, self.const(key), strides=stride, padding="SAME")
 
     def layer_norm(self, x: Any, prefix: str) -> Any:
         tf = self.tf
@@ -327,7 +336,8 @@ class Graph:
         return normed * self.const(f"{prefix}/scale") + self.const(f"{prefix}/bias")
 
     def dense(self, x: Any, prefix: str) -> Any:
-        return self.tf.matmul(x, self.const(f"{prefix}/kernel")) + self.const(f"{prefix}/bias")
+        with self.tf.name_scope(prefix):  # named after the layer, like conv()
+            return self.tf.matmul(x, self.const(f"{prefix}/kernel")) + self.const(f"{prefix}/bias")
 
     def split_heads(self, x: Any) -> Any:
         """[T, hidden] -> [heads, T, head_dim]"""
@@ -352,16 +362,21 @@ class Graph:
 
     def attention(self, x: Any, key_bias: Any, prefix: str, cls_only: bool) -> Any:
         """The residual attention half of an encoder block."""
-        tf, hidden = self.tf, self.config.hidden_size
+        hidden = self.config.hidden_size
         h = self.layer_norm(x, f"{prefix}LayerNorm_0")
         kv = self.dense(h, f"{prefix}kv")
         keys, values = self.split_heads(kv[:, :hidden]), self.split_heads(kv[:, hidden:])
         if cls_only:  # the head reads the CLS row only; per-token ops make this exact
             x, h = x[:1], h[:1]
         queries = self.split_heads(self.dense(h, f"{prefix}query"))
+        return x + self.dense(self.attend(queries, keys, values, key_bias), f"{prefix}out")
+
+    def attend(self, queries: Any, keys: Any, values: Any, key_bias: Any) -> Any:
+        """softmax(Q K^T + bias) V per head ([heads, T, head_dim] each), heads merged: [T, hidden]."""
+        tf = self.tf
         attention = tf.nn.softmax(tf.matmul(queries, keys, transpose_b=True) + key_bias, axis=-1)
-        context = tf.reshape(tf.transpose(tf.matmul(attention, values), [1, 0, 2]), [-1, hidden])
-        return x + self.dense(context, f"{prefix}out")
+        merged = tf.transpose(tf.matmul(attention, values), [1, 0, 2])
+        return tf.reshape(merged, [-1, self.config.hidden_size])
 
     def mlp(self, x: Any, prefix: str) -> Any:
         """The residual MLP half of an encoder block."""
@@ -380,7 +395,9 @@ class Graph:
         ids = self._lookup_ids
         onehot = tf.nn.relu(1.0 - tf.abs(spatial - ids)) + tf.nn.relu(1.0 - tf.abs(scale - ids))
         features = self.unit(self.root(pixels))
-        return self.dense(features, "embedding") + tf.matmul(onehot, self.const("lookup"))
+        with tf.name_scope("lookup"):
+            looked_up = tf.matmul(onehot, self.const("lookup"))
+        return self.dense(features, "embedding") + looked_up
 
     def encoder(self, embeddings: Any, mask: Any) -> Any:
         """Embeddings [N, hidden] and mask [N] -> head output [1, num_classes]."""
@@ -444,6 +461,29 @@ def convert_signature(
         return _convert(tf, _export_weights(params, config), config, variant, (signature,))
 
 
+def convert_part(
+    params: Mapping[str, npt.NDArray[np.float32]],
+    config: MusiqConfig,
+    *,
+    variant: str,
+    part: Callable[..., Any],
+    inputs: Sequence[Sequence[int | None]],
+) -> bytes:
+    """``part(graph, *tensors)`` (a piece of :class:`Graph`) alone as a ``.tflite``, converted with the
+    settings of ``variant``: the benchmarks time the model op by op with it (nothing is written)."""
+    _check_params(params, config)
+    tf = _import_tensorflow()
+    with _quiet_tensorflow(tf):
+        graph = Graph(tf, _export_weights(params, config), config)
+        module = tf.Module(name="musiq_part")
+        module.parameters = graph.variables
+        function = tf.function(
+            lambda *tensors: part(graph, *tensors),
+            input_signature=[tf.TensorSpec(list(shape), tf.float32) for shape in inputs],
+        )
+        return _to_tflite(tf, module, [function.get_concrete_function()], variant)
+
+
 def _convert(
     tf: Any,
     weights: Mapping[str, npt.NDArray[np.float32]],
@@ -452,22 +492,68 @@ def _convert(
     signatures: tuple[str, ...] = (STEM_SIGNATURE, ENCODER_SIGNATURE),
 ) -> bytes:
     module = _build_module(tf, weights, config)
+    functions = [getattr(module, name).get_concrete_function() for name in signatures]
+    return _to_tflite(tf, module, functions, variant)
+
+
+def _to_tflite(
+    tf: Any, module: Any, functions: Sequence[Any], variant: str, keep_float: Sequence[str] = KEEP_FLOAT
+) -> bytes:
     try:
-        functions = [getattr(module, name).get_concrete_function() for name in signatures]
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, module)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(list(functions), module)
         # Builtin ops only: LiteRT ships no Flex kernels, so a Flex op would only fail later, at load time.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if variant == "fp16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
-        elif variant == "dynamic-int8":
-            # No representative dataset: int8 weights, float activations quantized on the fly.
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         with capture_native_stderr():  # the MLIR converter logs natively, whatever the Python log level
-            flatbuffer = converter.convert()
+            flatbuffer = bytes(converter.convert())
     except Exception as exc:  # the converter raises a zoo of types, often with pages of MLIR dump
         raise ConversionError(f"TFLite conversion ({variant}) failed: {_first_line(exc)}") from None
-    return bytes(flatbuffer)
+    if variant == "dynamic-int8":
+        flatbuffer = quantize_dynamic(flatbuffer, keep_float)
+    return flatbuffer
+
+
+def quantize_dynamic(flatbuffer: bytes, keep_float: Sequence[str] = KEEP_FLOAT) -> bytes:
+    """Dynamic-range int8 of an fp32 ``.tflite``: int8 weights (symmetric, per output channel) for the
+    fully-connected and convolution layers, activations quantized per row at run time, except the layers
+    whose names match a regular expression in ``keep_float`` (searched in the op's output tensor name,
+    which carries the layer name, e.g. ``block3/out/MatMul``)."""
+    try:
+        from ai_edge_quantizer import quantizer
+    except ImportError:
+        raise ConversionError(_TF_MISSING.replace("TensorFlow", "ai-edge-quantizer")) from None
+    recipe: list[dict[str, Any]] = [
+        {
+            "regex": ".*",
+            "operation": "*",
+            "algorithm_key": "min_max_uniform_quantize",
+            "op_config": {
+                "weight_tensor_config": {
+                    "num_bits": 8,
+                    "symmetric": True,
+                    "granularity": "CHANNELWISE",
+                    "dtype": "INT",
+                },
+                "compute_precision": "INTEGER",
+                "explicit_dequantize": False,
+                "skip_checks": False,
+                "min_weight_elements": 0,
+            },
+        }
+    ]
+    # Later entries win where several match an op.
+    recipe += [{"regex": rx, "operation": "*", "algorithm_key": "no_quantize"} for rx in keep_float]
+    try:
+        # The quantizer prints its progress (stdout, and tqdm bars on stderr).
+        sink = io.StringIO()
+        with capture_native_stderr(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            model = quantizer.Quantizer(bytearray(flatbuffer))
+            model.load_quantization_recipe(recipe)
+            return bytes(model.quantize().quantized_model)
+    except Exception as exc:  # the quantizer's errors are many and undocumented
+        raise ConversionError(f"dynamic-int8 quantization failed: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from musiq_daemon.catalogue import Catalogue, ModelSpec, load_catalogue
 from musiq_daemon.errors import ModelFileError, ModelNotInstalledError
+from musiq_daemon.model.config import GRAPH_FORMAT
 from musiq_daemon.paths import models_dir
 
 
@@ -102,6 +103,11 @@ def load_installed(
     if meta["model_id"] != model_id or meta["variant"] != variant or int(meta["num_classes"]) != spec.head:
         raise ModelFileError(
             f"{path} does not hold {model_id} ({variant}): re-create it with 'musiqd models convert'"
+        )
+    if meta.get("graph_format") != GRAPH_FORMAT:
+        raise ModelFileError(
+            f"{path} was converted by an older musiqd (graph format {meta.get('graph_format', 1)}, this one "
+            f"reads {GRAPH_FORMAT}): re-create it with 'musiqd models convert --checkpoint {spec.file}'"
         )
     if verify_checksum and sha256_file(path) != meta["tflite_sha256"]:
         raise ModelFileError(
