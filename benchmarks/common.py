@@ -61,6 +61,7 @@ def ensure_models(cache: Path, variants: Iterable[str], models: Iterable[str] = 
     """Full-size synthetic models (official layout and size; speed and memory do not depend on the
     weights' values) converted once into ``cache``; re-converted when the converter's graph changed."""
     from musiq_daemon.model.config import GRAPH_FORMAT, MusiqConfig
+    from musiq_daemon.model.convert import describe_quantization
     from musiq_daemon.model.store import install_from_checkpoint, model_path
     from musiq_daemon.model.synthetic import write_synthetic_checkpoint
 
@@ -71,9 +72,12 @@ def ensure_models(cache: Path, variants: Iterable[str], models: Iterable[str] = 
         def current(variant: str, model: str = model) -> bool:
             meta = model_path(model, variant, root).with_suffix(".json")
             try:
-                return bool(json.loads(meta.read_text())["graph_format"] == GRAPH_FORMAT)
-            except (OSError, ValueError, KeyError):
+                recorded = json.loads(meta.read_text())
+            except (OSError, ValueError):
                 return False
+            # The converter's graph and quantization recipe, as the model records them.
+            wanted = (GRAPH_FORMAT, describe_quantization(variant))
+            return (recorded.get("graph_format"), recorded.get("quantization")) == wanted
 
         missing = [v for v in variants if not current(v)]
         if missing:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -37,6 +38,7 @@ from musiq_daemon.model.config import (
 )
 from musiq_daemon.model.convert import (
     COMPUTED_METADATA,
+    KEEP_FLOAT,
     REQUIRED_METADATA,
     VARIANTS,
     ModelInfo,
@@ -306,6 +308,26 @@ def test_dynamic_int8_tiny_conversion_is_quiet_and_close(
     tokens = random_tokens(np.random.default_rng(5), 60)
     output = run(open_model(info.path), tokens)
     assert relative_error(output, forward(params, config, tokens)) < 2e-2
+    assert "kept in float32" in info.metadata["quantization"]
+
+    # Exactly the layers KEEP_FLOAT names keep float32 weights; every other weight layer is int8.
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(info.path.read_bytes(), 0)
+    weighted = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D}
+    kinds: dict[str, set[int]] = {"float": set(), "int8": set()}
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            if model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() not in weighted:
+                continue
+            name = graph.Tensors(op.Outputs(0)).Name().decode()
+            weight_type = graph.Tensors(op.Inputs(1)).Type()
+            keep = any(re.search(rx, name) for rx in KEEP_FLOAT)
+            assert weight_type == (schema.TensorType.FLOAT32 if keep else schema.TensorType.INT8), name
+            kinds["float" if keep else "int8"].add(i)
+    assert kinds["float"] and kinds["int8"]
 
 
 # ------------------------------------------------------------------------------------------- failures

@@ -80,6 +80,7 @@ COMPUTED_METADATA = (
     "tflite_size",
     "created_at",
     "conversion_seconds",
+    "quantization",
     "input",
     "output",
 )
@@ -97,9 +98,11 @@ OUTPUT_LAYOUT = (
 )
 
 #: Layers the dynamic-int8 variant keeps in float32 (regular expressions over layer names; see
-#: :func:`quantize_dynamic`). Chosen by measuring each layer group's share of the int8 error; see
-#: models_tflite/README.md for the numbers.
-KEEP_FLOAT: tuple[str, ...] = ()
+#: :func:`quantize_dynamic`): the stem's five convolutions, each block's attention output projection and
+#: the head. Chosen by measuring each layer group's share of the int8 error against fp32 on 42 real
+#: photos (benchmarks/bench_fidelity.py; numbers in models_tflite/README.md): they halve the worst error
+#: for 6 MB more weights and a few per cent more time.
+KEEP_FLOAT: tuple[str, ...] = (r"conv_root/", r"block1/unit1/conv", r"block\d+/out/", r"head/")
 
 _TF_MISSING = "converting needs TensorFlow: run .venv/bin/pip install -e '.[convert]' in the musiqd checkout"
 
@@ -164,6 +167,7 @@ def convert_checkpoint(
         "tflite_size": len(flatbuffer),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conversion_seconds": round(time.monotonic() - started, 1),
+        "quantization": describe_quantization(variant),
         "input": INPUT_LAYOUT,
         "output": OUTPUT_LAYOUT,
     }
@@ -513,6 +517,16 @@ def _to_tflite(
     if variant == "dynamic-int8":
         flatbuffer = quantize_dynamic(flatbuffer, keep_float)
     return flatbuffer
+
+
+def describe_quantization(variant: str) -> str:
+    """How ``variant`` is quantized, in words (recorded in the model's JSON)."""
+    if variant == "dynamic-int8":
+        return (
+            "ai-edge-quantizer dynamic range: int8 weights (symmetric, per channel), activations per row at "
+            f"run time; kept in float32: layers matching {', '.join(KEEP_FLOAT) or 'none'}"
+        )
+    return "float16 weights" if variant == "fp16" else "none"
 
 
 def quantize_dynamic(flatbuffer: bytes, keep_float: Sequence[str] = KEEP_FLOAT) -> bytes:
