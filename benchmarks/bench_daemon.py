@@ -1,10 +1,11 @@
 """The daemon's cost: backfill throughput against bare inference, and idle CPU on a big polled root.
 
-1. Backfill: --count generated 12 MP JPEGs, scored first by bare ``Scorer.score_many`` (decode overlapped
-   with inference, no index, no writes), then by ``musiqd watch`` end to end (scan, queue, decode, infer,
-   write the score into each photo, record everything). Reports photos per minute for both and the
-   daemon's overhead, measured from the end of its initial scan (start-up, i.e. loading the model, is
-   reported separately), and the daemon's peak resident memory. Target (issue 5): overhead <= 10%.
+1. Backfill: --count generated JPEGs (--size, default 12 MP), scored first by bare ``Scorer.score_many``
+   (decode overlapped with inference, no index, no writes), then by ``musiqd watch`` end to end (scan,
+   queue, decode, infer, write the score into each photo, record everything). Reports photos per minute
+   for both and the daemon's overhead, measured from the end of its initial scan (start-up, i.e. loading
+   the model, is reported separately), and the daemon's peak resident memory. Targets: overhead <= 10%
+   (issue 5), peak memory <= 350 MB for the default variant (issue 11).
 2. Idle: --idle-files small photos under a root watched with observer = poll, the library fully scored (the
    backfill's jobs are marked done directly, as after a finished backfill), then the daemon's CPU time
    (utime + stime from /proc/<pid>/stat) over --idle-seconds, after the initial scan. By default the
@@ -14,7 +15,8 @@
 The model is the full-size synthetic koniq (official layout and size; speed does not depend on the weight
 values), converted once into --cache like benchmarks/bench_score.py does.
 
-    python benchmarks/bench_daemon.py [--count 1000] [--idle-files 50000] [--threads 2] [--skip-idle]
+    python benchmarks/bench_daemon.py [--count 1000] [--size 12MP] [--idle-files 50000] [--threads 2]
+                                      [--skip-idle]
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ def peak_rss_mb(pid: int) -> float:
 def backfill(args: argparse.Namespace, work: Path, models: Path) -> dict[str, float]:
     root = work / "photos"
     root.mkdir()
-    width, height = SIZES["12MP"]
-    print(f"generating {args.count} 12 MP JPEGs ({DISTINCT} distinct) ...", file=sys.stderr)
+    width, height = SIZES[args.size]
+    print(f"generating {args.count} {args.size} JPEGs ({DISTINCT} distinct) ...", file=sys.stderr)
     bases = []
     for i in range(min(DISTINCT, args.count)):
         base = work / f"base-{i}.jpg"
@@ -208,7 +210,8 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
     if "backfill" in results:
         b = results["backfill"]
         setup = (
-            f"{b['count']:.0f} x 12 MP JPEG, {args.variant}, {args.threads} threads, write {args.write_mode}"
+            f"{b['count']:.0f} x {args.size} JPEG, {args.variant}, {args.threads} threads, "
+            f"write {args.write_mode}"
         )
         rows += [
             ("backfill: bare Scorer.score_many", setup, f"{b['bare_per_min']:.1f} photos/min", ""),
@@ -236,7 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=1000, help="12 MP photos in the backfill")
+    parser.add_argument("--count", type=int, default=1000, help="photos in the backfill")
+    parser.add_argument("--size", choices=sorted(SIZES), default="12MP", help="their size")
     parser.add_argument("--idle-files", type=int, default=50_000)
     parser.add_argument("--idle-seconds", type=float, default=300.0)
     parser.add_argument("--poll-interval", type=float, default=300.0, help="the shipped default")
