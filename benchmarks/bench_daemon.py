@@ -220,7 +220,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
             ("backfill: musiqd watch, start-up included", setup,
              f"{b['daemon_end_to_end_per_min']:.1f} photos/min", f"start-up {b['daemon_startup_s']:.1f} s"),
             ("daemon overhead", "", f"{b['overhead_pct']:+.1f}%", "<= 10%"),
-            ("daemon peak memory (VmHWM)", setup, f"{b['daemon_peak_rss_mb']:.0f} MB", "< MemoryMax 1500 MB"),
+            ("daemon peak memory (VmHWM)", setup, f"{b['daemon_peak_rss_mb']:.0f} MB", "<= 350 MB"),
         ]  # fmt: skip
     if "idle" in results:
         i = results["idle"]

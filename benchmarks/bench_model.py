@@ -176,7 +176,10 @@ def ops(args: argparse.Namespace) -> list[dict[str, Any]]:
     for label, per_photo, shapes, part in parts(args.tokens):
         flatbuffer = convert_part(ckpt.params, ckpt.config, variant=args.variant, part=part, inputs=shapes)
         interpreter = Interpreter(model_content=flatbuffer, num_threads=args.threads)
-        details = interpreter.get_input_details()
+        # In the order of ``shapes``: the part's inputs are named input_0, input_1...
+        details = sorted(
+            interpreter.get_input_details(), key=lambda d: int(d["name"].rsplit("_", 1)[1].split(":")[0])
+        )
         for detail, shape in zip(details, shapes, strict=True):
             interpreter.resize_tensor_input(detail["index"], shape)
         interpreter.allocate_tensors()

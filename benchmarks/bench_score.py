@@ -9,8 +9,7 @@ on the weights' values. Converted models are cached in --cache (default: ~/.cach
 
 With --cli N, also runs the real command, ``musiqd score`` over N copies of the largest photo (with
 --write: each photo gets its score embedded, and an index records it), and prints seconds per photo and
-the command's peak RSS (from wait4; the benchmark's own process is small, so the copy-on-fork start does
-not dominate it).
+the command's peak RSS (VmHWM, read from /proc while it runs).
 
 Targets: default policy, 2 threads, dynamic-int8, 24 MP: total <= 0.3 s median per photo end to end;
 peak RSS <= 350 MB for ``musiqd score`` over 100 photos of 24 MP (issue 11).
@@ -103,11 +102,19 @@ def cli_run(
     cmd += [str(threads), "--db", str(work / f"index-{write}.sqlite3")] + (["--write"] if write else [])
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0.0
+    while proc.poll() is None:  # VmHWM is the process's own peak (not the parent's, as ru_maxrss may be)
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            break
+        peak = max([peak] + [int(line.split()[1]) / 1024 for line in status.splitlines() if "VmHWM" in line])
+        time.sleep(0.05)
+    _, stderr = proc.communicate()
     elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"musiqd score failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return elapsed / count, usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise RuntimeError(f"musiqd score failed: {stderr.decode()}")
+    return elapsed / count, peak
 
 
 def main() -> None:

@@ -474,7 +474,8 @@ def convert_part(
     inputs: Sequence[Sequence[int | None]],
 ) -> bytes:
     """``part(graph, *tensors)`` (a piece of :class:`Graph`) alone as a ``.tflite``, converted with the
-    settings of ``variant``: the benchmarks time the model op by op with it (nothing is written)."""
+    settings of ``variant``: the benchmarks time the model op by op with it (nothing is written). The
+    inputs are named ``input_0``, ``input_1``... in the order of ``inputs``."""
     _check_params(params, config)
     tf = _import_tensorflow()
     with _quiet_tensorflow(tf):
@@ -483,7 +484,9 @@ def convert_part(
         module.parameters = graph.variables
         function = tf.function(
             lambda *tensors: part(graph, *tensors),
-            input_signature=[tf.TensorSpec(list(shape), tf.float32) for shape in inputs],
+            input_signature=[
+                tf.TensorSpec(list(shape), tf.float32, name=f"input_{i}") for i, shape in enumerate(inputs)
+            ],
         )
         return _to_tflite(tf, module, [function.get_concrete_function()], variant)
 
