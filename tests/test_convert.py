@@ -473,8 +473,9 @@ def test_full_quantized_error_is_bounded(
     actual = np.array([raw_score(run(interpreter, tokens)) for tokens in photo_tokens])
     errors = np.abs(actual - expected) / np.abs(expected)
     assert errors.max() < QUANTIZED_TOLERANCE[variant, classes], errors
-    # The point of the variant: a smaller file (weights in 16 or 8 bits instead of 32).
+    # The point of the variant: a smaller file (weights in 16 or 8 bits instead of 32; dynamic-int8 keeps
+    # the KEEP_FLOAT layers, 6 MB of the 109, in float32).
     ratio = info.path.stat().st_size / fp32.path.stat().st_size
-    assert ratio < (0.55 if variant == "fp16" else 0.3), ratio
+    assert ratio < (0.55 if variant == "fp16" else 0.35), ratio
     assert set(model_ops(info.path.read_bytes())) <= XNNPACK_OPS
     assert_fully_delegated(params, config, variant)
