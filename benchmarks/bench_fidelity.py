@@ -28,6 +28,7 @@ from common import ensure_models, machine
 
 #: Layer groups by name (regular expressions over the layer names the converter gives).
 GROUPS = {
+    "root convolution": (r"conv_root/",),
     "stem convolutions": (r"conv_root/", r"block1/unit1/conv"),
     "embedding dense": (r"embedding/",),
     "attention query": (r"block\d+/query/",),
@@ -35,7 +36,6 @@ GROUPS = {
     "attention output": (r"block\d+/out/",),
     "MLP Dense_0": (r"block\d+/Dense_0/",),
     "MLP Dense_1": (r"block\d+/Dense_1/",),
-    "head": (r"head/",),
 }
 
 

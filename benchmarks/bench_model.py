@@ -171,10 +171,22 @@ def ops(args: argparse.Namespace) -> list[dict[str, Any]]:
     from musiq_daemon.model.convert import convert_part
 
     ckpt = load_checkpoint(Path(args.models).parent / "koniq_ckpt.npz", num_classes=1, model_id="koniq")
+
+    def named(part: Callable[..., Any]) -> Callable[..., Any]:
+        # A part's last layer would give its output tensor the signature's output name, and the int8
+        # recipe selects layers by name: a cheap ABS after each output keeps the layer's own name.
+        def wrapped(g: Any, *tensors: Any) -> Any:
+            out = part(g, *tensors)
+            return tuple(g.tf.abs(t) for t in out) if isinstance(out, tuple) else g.tf.abs(out)
+
+        return wrapped
+
     rng = np.random.default_rng(0)
     rows = []
     for label, per_photo, shapes, part in parts(args.tokens):
-        flatbuffer = convert_part(ckpt.params, ckpt.config, variant=args.variant, part=part, inputs=shapes)
+        flatbuffer = convert_part(
+            ckpt.params, ckpt.config, variant=args.variant, part=named(part), inputs=shapes
+        )
         interpreter = Interpreter(model_content=flatbuffer, num_threads=args.threads)
         # In the order of ``shapes``: the part's inputs are named input_0, input_1...
         details = sorted(
