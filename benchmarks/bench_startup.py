@@ -32,6 +32,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine
+
 from musiq_daemon.index import open_index
 from musiq_daemon.index.records import record_score, upsert_photo
 from musiq_daemon.records import ScoreRecord
@@ -47,16 +50,6 @@ REFERENCES: list[tuple[str, list[str]]] = [
     ("(python -c 'import sqlalchemy.orm')", ["-c", "import sqlalchemy.orm"]),
 ]
 TARGETS = {"musiqd --help": 0.2, "musiqd query --min 4": 0.2}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_index(db_path: Path, photos_dir: Path, n: int) -> None:
@@ -139,7 +132,7 @@ def main() -> None:
                 times[label].append(run_once(argv, env))
 
         load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-        print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); load average {load[0]:.2f}")
+        print(f"machine: {machine()}; load average {load[0]:.2f}")
         print(f"Python {platform.python_version()}; musiqd command: {' '.join(cli)}")
         cache = "as the environment says" if args.as_is else "cached (warm)"
         print(

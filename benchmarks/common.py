@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ CPU_FLAGS = (
 def machine() -> str:
     """One line: CPU model, core count and the SIMD features that matter for XNNPACK."""
     model, flags = platform.processor() or platform.machine(), set()
-    try:
+    with contextlib.suppress(OSError):  # no /proc/cpuinfo: the model from platform, no flags
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
@@ -40,8 +41,6 @@ def machine() -> str:
                 model = value.strip()
             elif key in ("flags", "Features"):
                 flags |= set(value.split())
-    except OSError:
-        pass
     present = [flag for flag in CPU_FLAGS if flag in flags]
     return (
         f"{model}, {os.cpu_count()} cores, {platform.machine()}: {' '.join(present) or 'no SIMD flags read'}"

@@ -117,6 +117,16 @@ def test_convert_and_verify(tmp_path: Path, env: dict[str, str], tiny_checkpoint
     assert (tmp_path / "fresh" / "ava" / "fp32.tflite").is_file()
     report = run(["models", "verify", "ava"], env).stdout
     assert "fp32" in report and "yes" in report
+    assert "generated images" in report and "scores on 1-10" in report
+
+
+def test_verify_on_a_folder_of_photos(env: dict[str, str], photos: Path, tmp_path: Path) -> None:
+    report = run(["models", "verify", "koniq", str(photos), "--variant", "dynamic-int8"], env).stdout
+    count = sum(1 for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".tif", ".webp"))
+    assert f"on {count} photos" in report and "scores on 1-5" in report
+    assert "dynamic-int8" in report and "0.0300" in report  # the allowed worst difference on 1-5
+    missing = run(["models", "verify", "koniq", "--checkpoint", str(tmp_path / "gone.npz")], env, check_rc=2)
+    assert "gone.npz does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_cli_and_library_agree(env: dict[str, str], photos: Path, models_root: Path) -> None:
