@@ -129,6 +129,15 @@ def test_verify_on_a_folder_of_photos(env: dict[str, str], photos: Path, tmp_pat
     assert "gone.npz does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_database_url_variable_takes_a_plain_path_like_db(env: dict[str, str], tmp_path: Path) -> None:
+    """$MUSIQD_DATABASE_URL accepts what --db accepts: a SQLAlchemy URL or a file path."""
+    index = tmp_path / "elsewhere" / "index.sqlite3"
+    result = run(["query", "--min", "1"], {**env, "MUSIQD_DATABASE_URL": str(index)})
+    assert "invalid database URL" not in result.stderr
+    assert index.is_file()
+    run(["query", "--min", "1"], {**env, "MUSIQD_DATABASE_URL": f"sqlite:///{index}"})
+
+
 def test_cli_and_library_agree(env: dict[str, str], photos: Path, models_root: Path) -> None:
     from musiq_daemon.api import Scorer
 

@@ -28,21 +28,24 @@ from musiq_daemon.paths import data_dir
 BUSY_TIMEOUT_S = 30
 
 
+def _as_url(database: str) -> str:
+    """A SQLAlchemy URL as it is; anything else is a file path (SQLite)."""
+    if "://" in database:
+        return database
+    return f"sqlite:///{Path(database).expanduser().resolve()}"
+
+
 def default_url() -> str:
-    """``$MUSIQD_DATABASE_URL``, else SQLite at ``<data dir>/index.sqlite3``."""
+    """``$MUSIQD_DATABASE_URL`` (a URL or a file path, like ``--db``), else ``<data dir>/index.sqlite3``."""
     url = os.environ.get("MUSIQD_DATABASE_URL")
     if url:
-        return url
+        return _as_url(url)
     return f"sqlite:///{data_dir() / 'index.sqlite3'}"
 
 
 def url_for(database: str | None) -> str:
     """A user's ``--db`` value: a SQLAlchemy URL or a file path (SQLite)."""
-    if not database:
-        return default_url()
-    if "://" in database:
-        return database
-    return f"sqlite:///{Path(database).expanduser().resolve()}"
+    return _as_url(database) if database else default_url()
 
 
 def migrations_dir() -> Path:
