@@ -478,6 +478,10 @@ def test_pause_resume_status_notify_rescore(daemon: Daemon) -> None:
 
     wait_until(rescored, "rescored")
     assert isinstance(musiqd(daemon, "rescore", "--model", "koniq", str(target)).exception, UsageError)
+    unknown = musiqd(daemon, "rescore", "--model", "../../etc", "--all", str(target))
+    assert isinstance(unknown.exception, UsageError) and "unknown model '../../etc'" in str(unknown.exception)
+    with daemon.db.session() as s:  # nothing was queued for it
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.model_id == "../../etc")) == 0
 
 
 def test_sighup_reloads_the_configuration(daemon: Daemon) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.cli.options import CONFIG_OPTION, DB_OPTION, load
 from musiq_daemon.errors import UsageError
 
@@ -212,6 +213,7 @@ def rescore(
 
     if missing == all_photos:
         raise UsageError("choose one of --missing and --all")
+    load_catalogue().get(model)  # an unknown id is a one-line error, not jobs nobody can ever run
     loaded = load(config, {"database": database})
     if model not in loaded.models:
         typer.echo(
