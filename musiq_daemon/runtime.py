@@ -159,10 +159,15 @@ class CpuBackend:
             self.close()
             raise ModelFileError(f"{model_path} is not a musiqd MUSIQ model (unexpected inputs)")
         self.hidden = int(embeddings["shape_signature"][-1])
+        self._allocated = False
 
     def embed(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        with _quiet_stderr():  # XNNPACK logs "INFO: Created ... delegate" at the first allocation
+        if self._allocated:
             out = self._stem(tokens=rows)["embeddings"]
+        else:  # XNNPACK logs "INFO: Created ... delegate" at the first allocation, and only then
+            with _quiet_stderr():
+                out = self._stem(tokens=rows)["embeddings"]
+            self._allocated = True
         return np.asarray(out, dtype=np.float32)
 
     def encode(

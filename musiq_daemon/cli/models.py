@@ -150,21 +150,6 @@ def convert(
     _convert(checkpoint, model_id, _variants(variant))
 
 
-def _expand_photos(paths: list[Path]) -> list[Path]:
-    """The photos given, folders replaced by the supported photos in them (sorted, recursively)."""
-    from musiq_daemon.decode import SUPPORTED_SUFFIXES
-
-    photos: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            photos += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES)
-        elif path.exists():
-            photos.append(path)
-        else:
-            raise UsageError(f"{path} does not exist: pass photos or folders of photos")
-    return photos
-
-
 @app.command()
 def verify(
     model_id: str = typer.Argument(..., metavar="ID"),
@@ -181,6 +166,7 @@ def verify(
     """Compare installed TFLite variants with the numpy reference forward pass on the source checkpoint."""
     from rich.table import Table
 
+    from musiq_daemon.discover import iter_photos
     from musiq_daemon.model.store import list_installed, load_installed
     from musiq_daemon.model.verify import verify_model
 
@@ -189,7 +175,7 @@ def verify(
     chosen = variant or [m.variant for m in list_installed() if m.spec.id == model_id]
     if not chosen:
         load_installed(model_id, catalogue.default_variant)  # raises the "how to install" error
-    photos = _expand_photos(images or [])
+    photos = list(iter_photos(images or []))  # folders walked as `musiqd score` walks them
     report = verify_model([load_installed(model_id, v) for v in chosen], photos, checkpoint=checkpoint)
     plural = "" if report.num_images == 1 else "s"
     what = f"{report.num_images} photo{plural}" if photos else f"{report.num_images} generated images"

@@ -104,6 +104,10 @@ OUTPUT_LAYOUT = (
 KEEP_FLOAT: tuple[str, ...] = (r"block\d+/out/",)
 
 _TF_MISSING = "converting needs TensorFlow: run .venv/bin/pip install -e '.[convert]' in the musiqd checkout"
+_QUANTIZER_MISSING = (
+    "converting to dynamic-int8 needs ai-edge-quantizer: "
+    "run .venv/bin/pip install -e '.[convert]' in the musiqd checkout"
+)
 
 # Added to the attention logits of padding keys. The official model adds -1e10; any value that drives
 # exp() to exactly zero gives the same result, and this one stays finite in IEEE half precision, should
@@ -539,7 +543,7 @@ def quantize_dynamic(flatbuffer: bytes, keep_float: Sequence[str] = KEEP_FLOAT) 
     try:
         from ai_edge_quantizer import quantizer
     except ImportError:
-        raise ConversionError(_TF_MISSING.replace("TensorFlow", "ai-edge-quantizer")) from None
+        raise ConversionError(_QUANTIZER_MISSING) from None
     recipe: list[dict[str, Any]] = [
         {
             "regex": ".*",
