@@ -2,12 +2,12 @@
 
 `musiqd --help`, `musiqd query --min 4` (on an up-to-date index of --photos scored photos, built first
 through the index API), `musiqd status` and `musiqd config show`, in an isolated environment (a data folder
-of its own, no configuration file, no MUSIQD_* variables). The commands run in interleaved rounds, so that
-a burst of load on the machine slows every command a little rather than one a lot. Two reference rows show
-the floor under them: Python's own start-up, and importing SQLAlchemy (which every command that opens the
-index pays). Target (start-up task): `--help` and `query --min 4` <= 0.2 s wall time. The CPU column
-(median user + system seconds of the process) is steadier than wall time on a machine that is busy with
-something else.
+of its own, no configuration file, no MUSIQD_* variables). The commands run in interleaved rounds, so that a
+burst of load on the machine slows every command a little rather than one a lot. Two reference rows show the
+floor under them: Python's own start-up, and importing SQLAlchemy (which `status` and `stats` pay; `query`
+reads an up-to-date SQLite index with the standard library). Target (start-up task): `--help` and `query
+--min 4` <= 0.2 s wall time. The CPU column (median user + system seconds of the process) is steadier than
+wall time on a machine that is busy with something else.
 
 Byte code: an installed musiqd has compiled byte code. A source checkout run with PYTHONDONTWRITEBYTECODE
 compiles every module on every start, so by default the runs use byte code cached in the benchmark's

@@ -132,10 +132,24 @@ def test_verify_on_a_folder_of_photos(env: dict[str, str], photos: Path, tmp_pat
 def test_database_url_variable_takes_a_plain_path_like_db(env: dict[str, str], tmp_path: Path) -> None:
     """$MUSIQD_DATABASE_URL accepts what --db accepts: a SQLAlchemy URL or a file path."""
     index = tmp_path / "elsewhere" / "index.sqlite3"
-    result = run(["query", "--min", "1"], {**env, "MUSIQD_DATABASE_URL": str(index)})
-    assert "invalid database URL" not in result.stderr
+    run(["db", "upgrade"], {**env, "MUSIQD_DATABASE_URL": str(index)})
     assert index.is_file()
+    result = run(["query", "--min", "1"], {**env, "MUSIQD_DATABASE_URL": str(index)})
+    assert "invalid database URL" not in result.stderr and "0 photos" in result.stderr
     run(["query", "--min", "1"], {**env, "MUSIQD_DATABASE_URL": f"sqlite:///{index}"})
+
+
+@pytest.mark.parametrize("how", ["--db", "MUSIQD_DATABASE_URL"])
+def test_query_on_a_mistyped_index_creates_nothing(env: dict[str, str], tmp_path: Path, how: str) -> None:
+    """A query reads an index; a path that holds none is an error, not a new empty index and folders."""
+    typo = tmp_path / "photso" / "index.sqlite3"
+    if how == "--db":
+        result = run(["query", "--min", "4", "--db", str(typo)], env, check_rc=8)
+    else:
+        result = run(["query", "--min", "4"], {**env, "MUSIQD_DATABASE_URL": str(typo)}, check_rc=8)
+    assert result.stderr.startswith(f"musiqd: error: no index at {typo}: ")
+    assert "--db" in result.stderr and "Traceback" not in result.stderr
+    assert not typo.parent.exists()
 
 
 def test_cli_and_library_agree(env: dict[str, str], photos: Path, models_root: Path) -> None:

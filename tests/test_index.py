@@ -19,14 +19,16 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
 from musiq_daemon.api import ScoreRecord
 from musiq_daemon.errors import IndexDatabaseError, UsageError
-from musiq_daemon.index import IndexDB, ScoreQuery, open_index, run_query, stats
+from musiq_daemon.index import IndexDB, ScoreQuery, iter_paths, open_index, open_reader, run_query, stats
 from musiq_daemon.index.db import _alembic_config
 from musiq_daemon.index.models import Base, Job, Photo, Score
 from musiq_daemon.index.paths import decode_path, encode_path
+from musiq_daemon.index.reader import EngineReader, SqliteReader
 from musiq_daemon.index.records import record_score, upsert_photo
 
 ODD = os.fsdecode(b"odd \xff\xfe name %41.jpg")  # not valid UTF-8, and a literal %
@@ -311,12 +313,12 @@ def test_fast_revision_check_agrees_with_alembic() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from musiq_daemon.index.db import _known_revisions, migrations_dir
+    from musiq_daemon.index.location import known_revisions, migrations_dir
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     script = ScriptDirectory.from_config(config)
-    head, known = _known_revisions()
+    head, known = known_revisions()
     assert head == script.get_current_head()
     assert known == {rev.revision for rev in script.walk_revisions()}
 
@@ -387,3 +389,76 @@ def test_migration_merges_rows_of_one_photo(tmp_path: Path) -> None:
         assert scores == [(2, "ava", 5.5, True), (2, "koniq", 3.1, True)]  # the newer koniq score stayed
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        ScoreQuery(model="koniq"),
+        ScoreQuery(model="koniq", min_score=2.2, max_score=4.0, sort="score+"),
+        ScoreQuery(model="koniq", sort="path-", limit=3),
+        ScoreQuery(model="koniq", sort="date"),
+        ScoreQuery(
+            model="koniq",
+            since=datetime(2024, 3, 1, tzinfo=UTC),
+            until=datetime(2024, 6, 30, 1, 2, 3, 4, tzinfo=UTC),
+        ),
+        ScoreQuery(model="koniq", missing=True),
+        ScoreQuery(model="koniq", failed=True),
+        ScoreQuery(model="koniq", include_vanished=True, sort="path"),
+        ScoreQuery(model="ava", min_score=5),
+    ],
+    ids=lambda q: str(q),
+)
+def test_standard_library_reader_equals_the_engine(library: tuple[IndexDB, Path], query: ScoreQuery) -> None:
+    """`musiqd query` reads SQLite with sqlite3 alone: every row, field and order as through SQLAlchemy."""
+    db, _root = library
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("the standard-library reader is for SQLite files")
+    reader = open_reader(db.engine.url.database)
+    try:
+        assert isinstance(reader, SqliteReader)
+        fast = list(run_query(reader, query))
+        assert fast == list(run_query(db, query)) and fast
+        assert list(iter_paths(reader, query)) == [row.path for row in fast]
+        assert all(row.scored_at is None or row.scored_at.tzinfo is UTC for row in fast)
+    finally:
+        reader.close()
+
+
+def test_under_on_both_readers(library: tuple[IndexDB, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--under on the standard-library reader: folders, not prefixes, case-sensitive like the file system."""
+    db, root = library
+    readers = [db] if db.engine.dialect.name != "sqlite" else [db, open_reader(db.engine.url.database)]
+    monkeypatch.chdir(root)
+    for source in readers:
+        under = {
+            folder: sorted(paths(run_query(source, ScoreQuery(model="koniq", under=folder)), root))
+            for folder in (root / "2023", Path("2023/trip"), root.parent, root / "20", root.parent / "photos")
+        }
+        assert under[root / "2023"] == ["2023/a.jpg", "2023/b.jpg", "2023/trip/c.jpg"]
+        assert under[Path("2023/trip")] == ["2023/trip/c.jpg"]
+        assert len(under[root.parent]) == 6
+        assert under[root / "20"] == [] and under[root.parent / "photos"] == []  # "Photos" is the root
+
+
+def test_query_on_an_older_index_upgrades_it_through_alembic(tmp_path: Path) -> None:
+    """The standard-library reader serves only the current schema; an older one is upgraded first."""
+    from alembic import command
+
+    path = tmp_path / "old.sqlite3"
+    db = open_index(str(path))
+    revisions = ScriptDirectory.from_config(_alembic_config()).walk_revisions()
+    previous = next(rev.down_revision for rev in revisions)
+    assert isinstance(previous, str)
+    command.downgrade(_alembic_config(db.engine), previous)
+    db.close()
+    reader = open_reader(str(path))
+    try:
+        assert isinstance(reader, EngineReader)  # upgraded through open_index
+        assert list(run_query(reader, ScoreQuery(model="koniq"))) == []
+    finally:
+        reader.close()
+    again = open_reader(str(path))
+    assert isinstance(again, SqliteReader)
+    again.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterable
 from datetime import datetime
@@ -17,10 +18,10 @@ from musiq_daemon.cli.options import PLAIN_DB_OPTION
 from musiq_daemon.errors import UsageError
 
 if TYPE_CHECKING:
-    from musiq_daemon.index import ResultRow
+    from musiq_daemon.index.queries import ResultRow
 
-# The index modules (SQLAlchemy) and rich's tables are imported inside the commands: `musiqd --help` and
-# the other commands start faster without them.
+# The index modules and rich are imported inside the commands: `musiqd --help` and the other
+# commands start faster without them. `query` reads an up-to-date SQLite index without SQLAlchemy.
 
 FORMATS = ("table", "json", "jsonl", "csv", "paths", "paths0")
 
@@ -58,7 +59,8 @@ def query(
     json/jsonl/csv fields: path, score, raw, model, model_version, variant, resolution_policy, scored_at,
     date, width, height, format, content_hash, error. paths0 separates paths with NUL (for xargs -0).
     """
-    from musiq_daemon.index import ScoreQuery, iter_paths, open_index, run_query
+    from musiq_daemon.index.queries import ScoreQuery, iter_paths, run_query
+    from musiq_daemon.index.reader import open_reader
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
@@ -69,17 +71,17 @@ def query(
         until=_date(until, "--until"), missing=missing, failed=failed, sort=sort, limit=limit,
     )  # fmt: skip
     q.validate()
-    db = open_index(database)
+    reader = open_reader(database)
     try:
         if fmt in ("paths", "paths0"):
             end = "\n" if fmt == "paths" else "\0"
             write = sys.stdout.write
-            for path in iter_paths(db, q):
+            for path in iter_paths(reader, q):
                 write(path + end)
         else:
-            _emit(run_query(db, q), fmt)
+            _emit(run_query(reader, q), fmt)
     finally:
-        db.close()
+        reader.close()
 
 
 def _emit(rows: Iterable[ResultRow], fmt: str) -> None:
@@ -93,7 +95,7 @@ def _emit(rows: Iterable[ResultRow], fmt: str) -> None:
             out.write(("," if i else "") + "\n  " + _json(row.as_dict()))
         out.write("\n]\n")
     elif fmt == "csv":
-        from musiq_daemon.index import ResultRow
+        from musiq_daemon.index.queries import ResultRow
 
         writer = csv.DictWriter(out, fieldnames=ResultRow.FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -119,39 +121,45 @@ def _shown(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _table(rows: Iterable[ResultRow]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+#: Column widths of the table: "failed" or "10.00"; an ISO date; the largest JPEG or TIFF size.
+_WIDTHS = (6, 10, 11)
 
-    table = Table(show_edge=False, pad_edge=False)
-    for col, justify in (("score", "right"), ("date", "left"), ("size", "right"), ("path", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+
+def _table(rows: Iterable[ResultRow]) -> None:
+    """Aligned columns, streamed: a million rows print at once in constant memory (the path column is last
+    and free). Plain text off a terminal; on one, the header is bold and failures are red (not with
+    NO_COLOR set)."""
+    out = sys.stdout
+    styled = out.isatty() and not os.environ.get("NO_COLOR")
+
+    def style(text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if styled else text
+
+    score_w, date_w, size_w = _WIDTHS
     count = 0
     for row in rows:
+        if not count:
+            header = f"{'score':>{score_w}}  {'date':<{date_w}}  {'size':>{size_w}}  path"
+            out.write(style(header, "1") + "\n")
         count += 1
         if row.error is not None:
-            score = Text("failed", style="red")
+            score = style(f"{'failed':>{score_w}}", "31")
         else:
-            score = Text("-" if row.score is None else f"{row.score:.2f}")
+            score = f"{'-' if row.score is None else f'{row.score:.2f}':>{score_w}}"
         date = row.date.strftime("%Y-%m-%d") if row.date else "-"
         size = f"{row.width}x{row.height}" if row.width else "-"
-        path = Text(
-            _shown(row.path) + (f"  ({row.error})" if row.error else "")
-        )  # Text: no markup in file names
-        table.add_row(score, date, size, path)
-    # Off a terminal rich assumes 80 columns and would wrap paths; let long paths stay on one line.
-    console = Console() if sys.stdout.isatty() else Console(width=4096)
-    if count:
-        console.print(table)
-    Console(stderr=True).print(f"{count} photo{'s' if count != 1 else ''}", highlight=False)
+        path = _shown(row.path) + (f"  ({_shown(row.error)})" if row.error else "")
+        out.write(f"{score}  {date:<{date_w}}  {size:>{size_w}}  {path}\n")
+    out.flush()
+    sys.stderr.write(f"{count} photo{'s' if count != 1 else ''}\n")
 
 
 def show_stats(database: str = PLAIN_DB_OPTION) -> None:
     """Photos, scores per model, queue, and a score histogram per model."""
     from rich.console import Console
 
-    from musiq_daemon.index import open_index, stats
+    from musiq_daemon.index.db import open_index
+    from musiq_daemon.index.summary import stats
 
     db = open_index(database)
     try:

@@ -80,9 +80,7 @@ from musiq_daemon.errors import UsageError
 from musiq_daemon.index.db import IndexDB
 from musiq_daemon.index.models import JOB_STATES, Job, Photo, Score
 from musiq_daemon.index.paths import decode_path, encode_path
-
-# Private to the query module, shared so that `rescore PATH` selects exactly what `query --under` shows.
-from musiq_daemon.index.queries import under_condition
+from musiq_daemon.index.scope import scopes_under
 
 if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
@@ -443,6 +441,22 @@ def recent_failures(target: IndexDB | Session, limit: int = 10) -> list[FailedJo
         FailedJob(Path(decode_path(root)) / decode_path(rel), model, state, error or "", attempts, when)
         for root, rel, model, state, error, attempts, when in rows
     ]
+
+
+def under_condition(db: IndexDB, under: Path) -> ColumnElement[bool]:
+    """Photos at or below ``under``: the scopes ``query --under`` uses, so both select the same photos."""
+    with db.session() as session:
+        roots = list(session.scalars(select(Photo.root).distinct()))
+    terms: list[ColumnElement[bool]] = []
+    for scope in scopes_under(under, roots):
+        below = func.substr(Photo.root if scope.rel is None else Photo.rel_path, 1, len(scope.prefix))
+        if scope.rel is None:
+            terms.append(or_(Photo.root == scope.root, below == scope.prefix))
+        else:
+            terms.append(
+                and_(Photo.root == scope.root, or_(Photo.rel_path == scope.rel, below == scope.prefix))
+            )
+    return or_(*terms)
 
 
 def rescore(

@@ -7,12 +7,10 @@ upgrades it; one created by a newer musiqd is refused with a clear message (neve
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +20,26 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from musiq_daemon.errors import IndexDatabaseError
-from musiq_daemon.paths import data_dir
+from musiq_daemon.index.location import (
+    BUSY_TIMEOUT_S,
+    default_url,
+    head_revision,
+    known_revisions,
+    migrations_dir,
+    url_for,
+)
 
-#: Seconds a writer or reader waits for a lock before giving up (the daemon writes while users query).
-BUSY_TIMEOUT_S = 30
-
-
-def _as_url(database: str) -> str:
-    """A SQLAlchemy URL as it is; anything else is a file path (SQLite)."""
-    if "://" in database:
-        return database
-    return f"sqlite:///{Path(database).expanduser().resolve()}"
-
-
-def default_url() -> str:
-    """``$MUSIQD_DATABASE_URL`` (a URL or a file path, like ``--db``), else ``<data dir>/index.sqlite3``."""
-    url = os.environ.get("MUSIQD_DATABASE_URL")
-    if url:
-        return _as_url(url)
-    return f"sqlite:///{data_dir() / 'index.sqlite3'}"
-
-
-def url_for(database: str | None) -> str:
-    """A user's ``--db`` value: a SQLAlchemy URL or a file path (SQLite)."""
-    return _as_url(database) if database else default_url()
-
-
-def migrations_dir() -> Path:
-    packaged = resources.files("musiq_daemon").joinpath("data/migrations")
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent.parent / "migrations"
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "IndexDB",
+    "current_revision",
+    "default_url",
+    "head_revision",
+    "migrations_dir",
+    "open_index",
+    "upgrade",
+    "url_for",
+]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -110,32 +97,6 @@ def _alembic_config(engine: Engine | None = None) -> Any:
     return config
 
 
-_REVISION_RE = re.compile(r'^(revision|down_revision)\s*=\s*(?:"([^"]*)"|None)', re.MULTILINE)
-
-
-def _known_revisions() -> tuple[str, set[str]]:
-    """(head, every revision this musiqd knows), read from the migration files' headers.
-
-    Reading two assignments per file avoids importing Alembic and every migration on each start-up:
-    opening an up-to-date index is the common case and `musiqd query` must start fast. A test checks
-    the result against Alembic's own view.
-    """
-    revisions: dict[str, str | None] = {}
-    for path in sorted((migrations_dir() / "versions").glob("*.py")):
-        found = {key: value or None for key, value in _REVISION_RE.findall(path.read_text("utf-8"))}
-        if found.get("revision"):
-            revisions[str(found["revision"])] = found.get("down_revision")
-    parents = {parent for parent in revisions.values() if parent}
-    heads = [rev for rev in revisions if rev not in parents]
-    if len(heads) != 1:
-        raise RuntimeError(f"expected one migration head in {migrations_dir()}, found {heads}")
-    return heads[0], set(revisions)
-
-
-def head_revision() -> str:
-    return _known_revisions()[0]
-
-
 def current_revision(engine: Engine) -> str | None:
     """The schema revision recorded in the database (None for a new, empty one)."""
     if "alembic_version" not in inspect(engine).get_table_names():
@@ -185,7 +146,7 @@ def open_index(database: str | None = None, *, upgrade_schema: bool = True) -> I
     shown = make_url(url).render_as_string(hide_password=True)
     try:
         current = current_revision(engine)
-        head, known = _known_revisions()
+        head, known = known_revisions()
         if current != head:
             if current is not None and current not in known:
                 raise IndexDatabaseError(

@@ -1,29 +1,29 @@
-"""Reading the index: the queries behind ``musiqd query`` and ``musiqd stats``, usable from Python.
+"""Finding photos by score: the query behind ``musiqd query``, usable from Python.
 
->>> from musiq_daemon.index import open_index, ScoreQuery, run_query
->>> db = open_index()
->>> for row in run_query(db, ScoreQuery(model="koniq", min_score=4, limit=100)):
+>>> from musiq_daemon.index import open_reader, ScoreQuery, run_query
+>>> reader = open_reader()
+>>> for row in run_query(reader, ScoreQuery(model="koniq", min_score=4, limit=100)):
 ...     print(row.path, row.score)
+
+The SQL is plain text, the same on SQLite and PostgreSQL, and needs no SQLAlchemy on an up-to-date
+SQLite index (see ``index.reader``); an open :class:`~musiq_daemon.index.db.IndexDB` works as well.
 """
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Integer, Select, and_, case, cast, false, func, or_, select
-from sqlalchemy.orm import Session, aliased
-
-from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.errors import UsageError
-from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.models import Job, Photo, Score
-from musiq_daemon.index.paths import decode_path, encode_path
+from musiq_daemon.index.paths import decode_path
+from musiq_daemon.index.reader import Reader, as_reader, read_time
+from musiq_daemon.index.scope import scopes_under
+
+if TYPE_CHECKING:
+    from musiq_daemon.index.db import IndexDB
 
 #: Sort keys and their default direction (best, A-Z and newest first).
 SORT_KEYS = {"score": "-", "path": "+", "date": "-"}
@@ -99,180 +99,97 @@ class ResultRow:
         return out
 
 
-def under_condition(db: IndexDB, under: Path) -> ColumnElement[bool]:
-    """Photos at or below ``under`` (absolute, or relative to the current directory)."""
-    target = Path(os.path.abspath(under))
-    encoded = encode_path(target)
-    with db.session() as session:
-        roots = list(session.scalars(select(Photo.root).distinct()))
-    terms: list[ColumnElement[bool]] = [
-        Photo.root == encoded,
-        Photo.root.startswith(encoded.rstrip("/") + "/", autoescape=True),
-    ]
-    for root in roots:
-        root_path = Path(decode_path(root))
-        if target != root_path and target.is_relative_to(root_path):
-            rel = encode_path(target.relative_to(root_path))
+def _under_sql(reader: Reader, under: Path, params: dict[str, Any]) -> str:
+    """``--under``: the scopes of the folder, as SQL on ``p`` (prefixes compared case-sensitively)."""
+    roots = [str(root) for (root,) in reader.rows("SELECT DISTINCT root FROM photos", {})]
+    terms = []
+    for i, scope in enumerate(scopes_under(under, roots)):
+        params |= {f"u{i}": scope.root, f"u{i}p": scope.prefix, f"u{i}n": len(scope.prefix)}
+        if scope.rel is None:
+            terms.append(f"p.root = :u{i} OR substr(p.root, 1, :u{i}n) = :u{i}p")
+        else:
+            params[f"u{i}r"] = scope.rel
             terms.append(
-                and_(
-                    Photo.root == root,
-                    or_(Photo.rel_path == rel, Photo.rel_path.startswith(rel + "/", autoescape=True)),
-                )
+                f"p.root = :u{i} AND (p.rel_path = :u{i}r OR substr(p.rel_path, 1, :u{i}n) = :u{i}p)"
             )
-    return or_(*terms) if terms else false()
+    return " OR ".join(f"({term})" for term in terms)
 
 
-def _statement(db: IndexDB, q: ScoreQuery, *, paths_only: bool = False) -> Select[*tuple[Any, ...]]:
-    latest = aliased(Score)
-    job = aliased(Job)
-    on_score = and_(latest.photo_id == Photo.id, latest.model_id == q.model, latest.is_latest.is_(True))
-    on_job = and_(job.photo_id == Photo.id, job.model_id == q.model)
-    # Plain columns, not ORM entities: a full export of a million rows must not build three objects a row.
-    stmt = select(Photo.root, Photo.rel_path)
-    if not paths_only:
-        stmt = stmt.add_columns(
-            latest.score, latest.raw, latest.model_version, latest.variant, latest.resolution_policy,
-            latest.scored_at, Photo.taken_at, Photo.width, Photo.height, Photo.format, Photo.content_hash,
-            job.last_error,
-        )  # fmt: skip
+#: The columns of a result row after the path (root, rel_path).
+_DETAIL = (
+    "s.score, s.raw, s.model_version, s.variant, s.resolution_policy, s.scored_at, p.taken_at, p.width, "
+    "p.height, p.format, p.content_hash, j.last_error"
+)
+
+
+def _sql(reader: Reader, q: ScoreQuery, *, paths_only: bool = False) -> tuple[str, dict[str, Any]]:
+    """The query as portable SQL (SQLite and PostgreSQL) with its parameters."""
+    params: dict[str, Any] = {"model": q.model, "latest": True}
+    on_score = "s.photo_id = p.id AND s.model_id = :model AND s.is_latest = :latest"
+    on_job = "j.photo_id = p.id AND j.model_id = :model"
+    where: list[str] = []
     # Each form starts from the table its filter narrows, so the planner can use that table's index.
     if q.missing:
-        stmt = stmt.select_from(Photo).outerjoin(latest, on_score).outerjoin(job, on_job)
-        stmt = stmt.where(latest.id.is_(None))
+        source = f"photos p LEFT OUTER JOIN scores s ON {on_score} LEFT OUTER JOIN jobs j ON {on_job}"
+        where.append("s.id IS NULL")
     elif q.failed:
-        stmt = stmt.select_from(job).join(Photo, on_job).outerjoin(latest, on_score)
-        stmt = stmt.where(job.state == "failed")
+        source = f"jobs j JOIN photos p ON {on_job} LEFT OUTER JOIN scores s ON {on_score}"
+        where.append("j.state = 'failed'")
     else:
-        stmt = stmt.select_from(latest).join(Photo, on_score).outerjoin(job, on_job)
+        source = f"scores s JOIN photos p ON {on_score} LEFT OUTER JOIN jobs j ON {on_job}"
         if q.min_score is not None:
-            stmt = stmt.where(latest.score >= q.min_score)
+            where.append("s.score >= :min_score")
+            params["min_score"] = q.min_score
         if q.max_score is not None:
-            stmt = stmt.where(latest.score <= q.max_score)
+            where.append("s.score <= :max_score")
+            params["max_score"] = q.max_score
     if not q.include_vanished:
-        stmt = stmt.where(Photo.missing_since.is_(None))
+        where.append("p.missing_since IS NULL")
     if q.under is not None:
-        stmt = stmt.where(under_condition(db, q.under))
+        where.append(f"({_under_sql(reader, q.under, params)})")
     if q.since is not None:
-        stmt = stmt.where(Photo.taken_at >= q.since)
+        where.append("p.taken_at >= :since")
+        params["since"] = reader.bind_time(q.since)
     if q.until is not None:
-        stmt = stmt.where(Photo.taken_at <= q.until)
+        where.append("p.taken_at <= :until")
+        params["until"] = reader.bind_time(q.until)
     key, descending = parse_sort(q.sort)
-    order: list[ColumnElement[Any]]
+    way = " DESC" if descending else ""
     if key == "score" and not (q.missing or q.failed):
-        order = [latest.score.desc() if descending else latest.score.asc()]
+        order = f"s.score{way}"
     elif key == "date":
-        order = [Photo.taken_at.desc() if descending else Photo.taken_at.asc()]
+        order = f"p.taken_at{way}"
     else:
-        order = (
-            [Photo.root.desc(), Photo.rel_path.desc()]
-            if descending
-            else [Photo.root.asc(), Photo.rel_path.asc()]
-        )
-    stmt = stmt.order_by(*order, Photo.id)
+        order = f"p.root{way}, p.rel_path{way}"
+    columns = "p.root, p.rel_path" if paths_only else f"p.root, p.rel_path, {_DETAIL}"
+    sql = f"SELECT {columns} FROM {source}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {order}, p.id"
     if q.limit is not None:
-        stmt = stmt.limit(q.limit)
-    return stmt
+        sql += " LIMIT :limit"
+        params["limit"] = q.limit
+    return sql, params
 
 
-def iter_paths(db: IndexDB, q: ScoreQuery, *, batch: int = 5000) -> Iterator[str]:
+def iter_paths(source: IndexDB | Reader, q: ScoreQuery, *, batch: int = 5000) -> Iterator[str]:
     """Only the matching paths, in order: the fast form of ``--format paths`` (no other column is read)."""
     q.validate()
-    with db.engine.connect() as conn:
-        for root, rel in conn.execution_options(yield_per=batch).execute(_statement(db, q, paths_only=True)):
-            yield decode_path(root.rstrip("/") + "/" + rel)
+    reader = as_reader(source)
+    sql, params = _sql(reader, q, paths_only=True)
+    for root, rel in reader.rows(sql, params, batch=batch):
+        yield decode_path(root.rstrip("/") + "/" + rel)
 
 
-def run_query(db: IndexDB, q: ScoreQuery, *, batch: int = 2000) -> Iterator[ResultRow]:
+def run_query(source: IndexDB | Reader, q: ScoreQuery, *, batch: int = 2000) -> Iterator[ResultRow]:
     """Stream the matching photos (constant memory, also for a million rows)."""
     q.validate()
-    stmt = _statement(db, q)
+    reader = as_reader(source)
+    sql, params = _sql(reader, q)
     model = q.model
-    with db.engine.connect() as conn:
-        result = conn.execution_options(yield_per=batch).execute(stmt)
-        for root, rel, *scored, date, width, height, fmt, chash, error in result:
-            score, raw, version, variant, policy, scored_at = scored
-            yield ResultRow(
-                decode_path(root.rstrip("/") + "/" + rel), score, raw, model, version, variant, policy,
-                scored_at, date, width, height, fmt, chash, error,
-            )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    model: str
-    scored: int
-    pending: int
-    failed: int
-    scale: tuple[float, float]
-    histogram: list[tuple[float, float, int]] = field(default_factory=list)  # (from, to, count)
-
-
-@dataclass(frozen=True)
-class IndexStats:
-    photos: int
-    vanished: int
-    models: list[ModelStats]
-
-
-def _counts(session: Session, stmt: Select[*tuple[Any, ...]]) -> dict[Any, int]:
-    return {key: int(count) for key, count in session.execute(stmt).all()}
-
-
-def stats(db: IndexDB, *, bins: int = 16) -> IndexStats:
-    """Counts per model, queue state, and a score histogram per model (bins across the model's scale).
-
-    Scores of photos that vanished from disk do not count. They are few, so each figure is computed over
-    all latest scores (a covering-index scan, fast on millions of rows) minus the vanished photos' scores,
-    which are fetched through the photo index and binned here, instead of joining every score to its photo.
-    """
-    catalogue = load_catalogue()
-    latest = Score.is_latest.is_(True)
-    vanished_ids = select(Photo.id).where(Photo.missing_since.is_not(None))
-    with db.session() as session:
-        photos = session.scalar(select(func.count()).select_from(Photo).where(Photo.missing_since.is_(None)))
-        vanished = session.scalar(
-            select(func.count()).select_from(Photo).where(Photo.missing_since.is_not(None))
-        )
-        per_model = _counts(
-            session, select(Score.model_id, func.count()).where(latest).group_by(Score.model_id)
-        )
-        gone_scores = session.execute(
-            select(Score.model_id, Score.score).where(latest, Score.photo_id.in_(vanished_ids))
-        ).all()
-        queued: dict[str, dict[str, int]] = {}
-        for job_model, job_state, count in session.execute(
-            select(Job.model_id, Job.state, func.count())
-            .where(Job.state.in_(("pending", "running", "failed")))
-            .group_by(Job.model_id, Job.state)
-        ).all():
-            queued.setdefault(job_model, {})[job_state] = int(count)
-        models = []
-        for model_id in sorted(set(per_model) | set(queued)):
-            spec = catalogue.models.get(model_id)
-            lo, hi = (spec.scale_min, spec.scale_max) if spec else (1.0, 5.0)
-            width = (hi - lo) / bins
-            # Portable bucketing (SQLite and PostgreSQL): the top edge belongs to the last bin.
-            bucket = case(
-                (Score.score >= hi, bins - 1), else_=cast(func.floor((Score.score - lo) / width), Integer)
-            )
-            counts = _counts(
-                session,
-                select(bucket, func.count()).where(Score.model_id == model_id, latest).group_by(bucket),
-            )
-            gone = [score for m, score in gone_scores if m == model_id]
-            for score in gone:  # the same arithmetic as the SQL above, in the same double precision
-                i = bins - 1 if score >= hi else math.floor((score - lo) / width)
-                counts[i] = counts.get(i, 0) - 1
-            histogram = [(lo + i * width, lo + (i + 1) * width, counts.get(i, 0)) for i in range(bins)]
-            waiting = queued.get(model_id, {})
-            models.append(
-                ModelStats(
-                    model_id,
-                    per_model.get(model_id, 0) - len(gone),
-                    waiting.get("pending", 0) + waiting.get("running", 0),
-                    waiting.get("failed", 0),
-                    (lo, hi),
-                    histogram,
-                )
-            )
-    return IndexStats(int(photos or 0), int(vanished or 0), models)
+    for root, rel, *scored, date, width, height, fmt, chash, error in reader.rows(sql, params, batch=batch):
+        score, raw, version, variant, policy, scored_at = scored
+        yield ResultRow(
+            decode_path(root.rstrip("/") + "/" + rel), score, raw, model, version, variant, policy,
+            read_time(scored_at), read_time(date), width, height, fmt, chash, error,
+        )  # fmt: skip
