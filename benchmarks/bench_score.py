@@ -11,6 +11,9 @@ With --cli N, also runs the real command, ``musiqd score`` over N copies of the 
 --write: each photo gets its score embedded, and an index records it), and prints seconds per photo and
 the command's peak RSS (VmHWM, read from /proc while it runs).
 
+The steal column is the share of CPU time the hypervisor took during the row (on a shared virtual
+machine the same run takes up to twice as long when the host is busy): compare rows with little steal.
+
 Targets: default policy, 2 threads, dynamic-int8, 24 MP: total <= 0.3 s median per photo end to end;
 peak RSS <= 350 MB for ``musiqd score`` over 100 photos of 24 MP (issue 11).
 
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ensure_models, machine, peak_rss_mb
+from common import StealMeter, ensure_models, machine, peak_rss_mb
 
 SIZES = {"1MP": (1224, 816), "6MP": (3000, 2000), "12MP": (4240, 2832), "24MP": (6000, 4000)}
 
@@ -146,7 +149,7 @@ def main() -> None:
             make_photo(Path(tmp) / f"{label}.jpg", *SIZES[label])
         header = (
             f"{'variant':<13}{'thr':>4}{'size':>6}{'tokens':>8}{'decode':>8}{'prep':>8}{'infer':>8}"
-            f"{'total':>8}{'maxRSS MB':>11}"
+            f"{'total':>8}{'maxRSS MB':>11}{'steal':>7}"
         )
         print(f"machine: {machine()}")
         print(f"policy: {args.policy or 'model default (max_side=1024)'}; median of {args.repeats}; seconds")
@@ -173,6 +176,7 @@ def main() -> None:
                 ]
                 if args.policy:
                     cmd += ["--policy", args.policy]
+                steal = StealMeter()
                 out = subprocess.run(
                     cmd,
                     check=True,
@@ -184,19 +188,20 @@ def main() -> None:
                     print(
                         f"{variant:<13}{threads:>4}{row['size']:>6}{row['tokens']:>8}{row['decode']:>8.3f}"
                         f"{row['preprocess']:>8.3f}{row['inference']:>8.3f}{row['total']:>8.3f}"
-                        f"{row['rss_mb']:>11.0f}"
+                        f"{row['rss_mb']:>11.0f}{steal.text():>7}"
                     )
         if args.cli:
             largest = max(args.sizes, key=lambda label: SIZES[label][0] * SIZES[label][1])
             print(f"\nmusiqd score over {args.cli} x {largest} JPEG (default variant, dynamic-int8)")
-            print(f"{'command':<28}{'thr':>4}{'s/photo':>9}{'peak RSS MB':>13}")
+            print(f"{'command':<28}{'thr':>4}{'s/photo':>9}{'peak RSS MB':>13}{'steal':>7}")
             for threads in args.threads:
                 for write in (False, True):
                     with tempfile.TemporaryDirectory() as work:
                         photo = Path(tmp) / f"{largest}.jpg"
+                        steal = StealMeter()
                         per_photo, rss = cli_run(models, photo, args.cli, threads, write, Path(work))
                     label = "musiqd score --write" if write else "musiqd score"
-                    print(f"{label:<28}{threads:>4}{per_photo:>9.3f}{rss:>13.0f}")
+                    print(f"{label:<28}{threads:>4}{per_photo:>9.3f}{rss:>13.0f}{steal.text():>7}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,34 @@ def machine() -> str:
     )
 
 
+class StealMeter:
+    """Share of CPU time the hypervisor took from this machine (``steal`` in /proc/stat) since the last
+    reading. On a shared virtual machine the same run can take twice as long when the host is busy: a
+    figure measured with, say, 30% steal is not comparable with one measured at 0%, so tables print it."""
+
+    def __init__(self) -> None:
+        self.last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return 0, 0
+        return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+    def percent(self) -> float | None:
+        """Steal since the previous call (or construction), in percent; None where it cannot be read."""
+        now = self._read()
+        steal, total = now[0] - self.last[0], now[1] - self.last[1]
+        self.last = now
+        return 100.0 * steal / total if total > 0 else None
+
+    def text(self) -> str:
+        value = self.percent()
+        return "n/a" if value is None else f"{value:.0f}%"
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. Not ru_maxrss: Linux carries that over from the parent
     across fork+exec, so a child of a big parent would report the parent's peak."""

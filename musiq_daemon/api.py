@@ -36,6 +36,7 @@ __all__ = [
     "ScoreRecord",
     "Scorer",
     "overlapped",
+    "overlapped_with_save",
     "score",
     "score_batch",
 ]
@@ -45,6 +46,7 @@ _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,24 @@ def overlapped(items: Iterable[T], prepare: Callable[[T], P], finish: Callable[[
             pending = following
         if pending is not None:
             yield finish(pending.result())
+
+
+def overlapped_with_save(
+    items: Iterable[T], prepare: Callable[[T], P], finish: Callable[[P], R], save: Callable[[R], S]
+) -> Iterator[S]:
+    """``save(finish(prepare(item)))`` for each item in order: as :func:`overlapped`, and ``save`` (writing
+    metadata, recording in the index: file I/O and Python) runs in a second helper thread, one item behind,
+    while the calling thread runs the next ``finish``. The model then never waits for a write. Results come
+    in the items' order; an exception raised by ``save`` reaches the caller with that item's result.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musiqd-write") as pool:
+        saving: Future[S] | None = None
+        for finished in overlapped(items, prepare, finish):
+            if saving is not None:
+                yield saving.result()
+            saving = pool.submit(save, finished)
+        if saving is not None:
+            yield saving.result()
 
 
 class Scorer:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from musiq_daemon.api import Prepared, Scorer, overlapped
+from musiq_daemon.api import Prepared, Scorer, overlapped_with_save
 from musiq_daemon.config import Config
 from musiq_daemon.errors import MusiqError
 from musiq_daemon.index.db import IndexDB
@@ -66,6 +66,15 @@ class Decoded:
     models: tuple[str, ...]
     prepared: tuple[Prepared, ...]
     signature: tuple[int, int]  # (size, mtime_ns) before decoding
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Every model's score of a photo, not yet written or recorded (its tokens already released)."""
+
+    path: Path
+    signature: tuple[int, int]  # (size, mtime_ns) before decoding
+    records: tuple[ScoreRecord, ...]
 
 
 def check_unchanged(path: Path, signature: tuple[int, int]) -> None:
@@ -138,13 +147,21 @@ class Pipeline:
         except MusiqError as exc:
             return PhotoOutcome(path, error=exc)
 
-    def finish(self, item: Decoded | PhotoOutcome) -> PhotoOutcome:
-        """Infer with every model, write once, record once."""
+    def score(self, item: Decoded | PhotoOutcome) -> Scored | PhotoOutcome:
+        """Infer with every model (the calling thread's part of :meth:`run`)."""
         if isinstance(item, PhotoOutcome):
             return item
-        path = item.path
         try:
-            records = self.infer(item)
+            return Scored(item.path, item.signature, self.infer(item))
+        except MusiqError as exc:
+            return PhotoOutcome(item.path, error=exc)
+
+    def save(self, item: Scored | PhotoOutcome) -> PhotoOutcome:
+        """Check the file is still the one scored, write once, record once."""
+        if isinstance(item, PhotoOutcome):
+            return item
+        path, records = item.path, item.records
+        try:
             check_unchanged(path, item.signature)
         except MusiqError as exc:
             return PhotoOutcome(path, error=exc)
@@ -155,12 +172,17 @@ class Pipeline:
         notes = written.notes if written is not None else ()
         return PhotoOutcome(path, records, written, write_error=write_error, notes=notes)
 
+    def finish(self, item: Decoded | PhotoOutcome) -> PhotoOutcome:
+        """Infer with every model, write once, record once."""
+        return self.save(self.score(item))
+
     def process(self, path: Path) -> PhotoOutcome:
         return self.finish(self.decode(path))
 
     def run(self, paths: Iterable[Path]) -> Iterator[PhotoOutcome]:
-        """Every photo in order, each decoded while the previous one is in inference."""
-        return overlapped(paths, self.decode, self.finish)
+        """Every photo in order: each decoded while the previous one is in inference, and written and
+        recorded while the next one is."""
+        return overlapped_with_save(paths, self.decode, self.score, self.save)
 
     # --- helpers --------------------------------------------------------------------------------------------
 

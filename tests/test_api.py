@@ -90,3 +90,49 @@ def test_score_many_keeps_order_and_reports_failures(
     assert results[0].raw == results[2].raw
     with pytest.raises(DecodeError):
         scorer.score(broken)
+
+
+def test_overlapped_with_save_runs_three_stages_at_once_in_order() -> None:
+    """Decode of the next photo, inference of this one and the write of the previous one run together,
+    each stage in its own thread, and results come in the photos' order."""
+    import threading
+
+    from musiq_daemon.api import overlapped_with_save
+
+    started_finish = {i: threading.Event() for i in range(6)}
+    threads: dict[str, set[str]] = {"prepare": set(), "finish": set(), "save": set()}
+
+    def prepare(i: int) -> int:
+        threads["prepare"].add(threading.current_thread().name)
+        return i
+
+    def finish(i: int) -> int:
+        threads["finish"].add(threading.current_thread().name)
+        started_finish[i].set()
+        return i * 10
+
+    def save(value: int) -> str:
+        threads["save"].add(threading.current_thread().name)
+        i = value // 10
+        if i + 1 < 6:  # the next photo's inference starts while this one is being written
+            assert started_finish[i + 1].wait(timeout=30), f"inference of {i + 1} waited for the write of {i}"
+        return f"photo {i}"
+
+    assert list(overlapped_with_save(range(6), prepare, finish, save)) == [f"photo {i}" for i in range(6)]
+    assert threads["finish"] == {threading.current_thread().name}
+    assert all(name.startswith("musiqd-decode") for name in threads["prepare"])
+    assert all(name.startswith("musiqd-write") for name in threads["save"])
+
+
+def test_overlapped_with_save_reports_a_failed_write_at_its_photo() -> None:
+    from musiq_daemon.api import overlapped_with_save
+
+    def save(i: int) -> int:
+        if i == 2:
+            raise OSError("disk full")
+        return i
+
+    results = overlapped_with_save(range(5), lambda i: i, lambda i: i, save)
+    assert [next(results), next(results)] == [0, 1]
+    with pytest.raises(OSError, match="disk full"):
+        next(results)
