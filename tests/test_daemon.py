@@ -602,6 +602,87 @@ def test_kill_9_during_backfill_then_restart(spawn: Callable[..., Daemon], tmp_p
     assert code == 0
 
 
+def test_a_photo_that_kills_the_daemon_is_failed_and_its_neighbours_are_not(
+    spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A photo whose scoring kills the process (here: the test kills -9 whenever it is in flight, as an
+    out-of-memory kill would) is failed after ``retries`` kills with nothing else in flight; the photos
+    that were in flight with it the first time are scored like any other, no attempt charged."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    others = []
+    for i in range(8):
+        path = root / f"{i:02d}.jpg"
+        path.write_bytes(photo_bytes(1300 + i))
+        others.append(path)
+    poison = root / "99-poison.jpg"  # the last one queued, so that the first kill finds a neighbour in flight
+    poison.write_bytes(jpeg_bytes(4000, 3000, seed=7))  # a large photo: in flight for a while
+    retries = 2
+    config = write_config(
+        tmp_path / "config.toml", [root], tmp_path / "index.sqlite3", observer="native", retries=retries
+    )
+    d = spawn(tmp_path, config)
+    in_flight_at_kills: list[set[str]] = []
+    for _ in range(retries + 3):
+        d.start(wait_ready=False)
+
+        # Until the new process has requeued (or given up) what the killed one left running, those rows
+        # are stale.
+        def settled(kills: int = len(in_flight_at_kills)) -> bool:
+            logs = d.logs()
+            return logs.count("left running by a previous run") + logs.count("not trying again") >= kills
+
+        wait_until(settled, "the requeue", every=0.01)
+        deadline = time.monotonic() + TIMEOUT
+        killed = False
+        while time.monotonic() < deadline:
+            with d.db.session() as s:
+                running = set(
+                    s.scalars(
+                        select(Photo.rel_path)
+                        .join(Job, Job.photo_id == Photo.id)
+                        .where(Job.state == "running")
+                    )
+                )
+                poison_state = s.scalar(
+                    select(Job.state)
+                    .join(Photo, Job.photo_id == Photo.id)
+                    .where(Photo.rel_path == poison.name)
+                )
+            if poison_state == "failed":
+                break
+            if poison.name in running:
+                d.stop(signal.SIGKILL)
+                in_flight_at_kills.append(running)
+                killed = True
+                break
+            time.sleep(0.005)
+        if not killed:
+            break
+    else:
+        raise AssertionError(f"the photo was never given up: in flight at each kill {in_flight_at_kills}")
+    assert len(in_flight_at_kills) == retries + 1, in_flight_at_kills
+    # Every kill after the first found the suspect alone: no neighbour was charged with it.
+    assert all(flight == {poison.name} for flight in in_flight_at_kills[1:]), in_flight_at_kills
+    wait_state(d.db, others)
+    with d.db.session() as s:
+        poison_job = s.scalars(
+            select(Job).join(Photo, Job.photo_id == Photo.id).where(Photo.rel_path == poison.name)
+        ).one()
+        assert poison_job.state == "failed" and poison_job.interrupted == retries + 1
+        assert f"musiqd stopped {retries + 1} times while scoring this photo" in (poison_job.last_error or "")
+        neighbours = s.scalars(
+            select(Job).join(Photo, Job.photo_id == Photo.id).where(Photo.rel_path != poison.name)
+        ).all()
+        assert len(neighbours) == len(others)
+        for job in neighbours:  # done with their first attempt; at most the one interruption they witnessed
+            assert (job.state, job.attempts, job.last_error) == ("done", 1, None), job.photo_id
+            assert job.interrupted <= 1
+    assert sum(job.interrupted for job in neighbours) == len(in_flight_at_kills[0]) - 1
+    code, _ = d.stop()
+    assert code == 0
+
+
 def _mount_bind(source: Path, target: Path) -> bool:
     return subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True).returncode == 0
 

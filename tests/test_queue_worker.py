@@ -259,10 +259,14 @@ def test_requeue_stale_after_kill_9(db: IndexDB, tmp_path: Path) -> None:
     assert done.returncode == -signal.SIGKILL, done.stderr
     job_id = int(done.stdout)
     assert queue.queue_counts(db)["running"] == 1
-    assert queue.requeue_stale(db) == 1
+    assert queue.requeue_stale(db).requeued == 1
     row = next(j for j in jobs(db).values() if j.id == job_id)
-    assert (row.state, row.attempts) == ("pending", 1)  # the interrupted attempt counts
-    assert queue.claim(db) is not None  # and it can be claimed again
+    # The kill is not counted as an attempt but as an interruption: the job is a suspect now.
+    assert (row.state, row.attempts, row.interrupted) == ("pending", 0, 1)
+    assert queue.claim(db, suspects=False) is not None  # the other photo, never interrupted
+    again = queue.claim(db)
+    assert again is not None and again.job_id == job_id and again.interrupted == 1
+    assert queue.claim(db) is None
 
 
 def test_rescore_missing_and_all(db: IndexDB, tmp_path: Path) -> None:
@@ -448,13 +452,18 @@ def test_photo_that_keeps_killing_the_daemon_is_given_up(
 ) -> None:
     db = sqlite_db
     add_photos(db, tmp_path, ["a.jpg"], image=True)
-    worker = make_worker(db, scorers, retries=1)
-    for _ in range(2):  # claimed, then the process died each time
-        assert queue.claim(db) is not None
-        assert queue.requeue_stale(db) == 1
-    outcome = worker.run_once()
-    assert outcome is not None and outcome.result == "failed"
-    assert "stopped 2 times while scoring" in (outcome.message or "")
+    assert queue.claim(db) is not None  # claimed, then the process died
+    assert queue.requeue_stale(db, retries=1) == queue.Requeued(1, [])
+    suspect = queue.claim(db)  # alone this time, and the process died again: given up at the restart
+    assert suspect is not None and suspect.interrupted == 1
+    stale = queue.requeue_stale(db, retries=1)
+    assert stale.requeued == 0 and [path.name for path, _ in stale.given_up] == ["a.jpg"]
+    assert (
+        "stopped 2 times while scoring this photo, at least 1 of them with no other" in stale.given_up[0][1]
+    )
+    (row,) = jobs(db).values()
+    assert (row.state, row.attempts, row.interrupted) == ("failed", 0, 2)
+    assert make_worker(db, scorers, retries=1).run_once() is None  # nothing left to claim
 
 
 def test_pause_quiet_hours_and_stop_leave_nothing_running(
@@ -553,3 +562,24 @@ def test_a_renamed_photo_takes_its_sidecar_along(
     with db.session() as session:
         assert ingest_file(session, copy, roots=[root], models=["koniq"], hash_new=True) == "queued"
     assert new_sidecar.exists() and not (root / "copy.jpg.xmp").exists()
+
+
+def test_a_kill_with_several_photos_in_flight_charges_none_of_them(db: IndexDB, tmp_path: Path) -> None:
+    """Even without retries: photos in flight together when the process died are suspects, not failures;
+    the next kill, with one of them alone in flight, is charged to that one."""
+    add_photos(db, tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    first, ahead = queue.claim(db), queue.claim(db)  # one in inference, one decoded ahead
+    assert first is not None and ahead is not None
+    assert queue.requeue_stale(db, retries=0) == queue.Requeued(2, [])
+    assert sorted(j.interrupted for j in jobs(db).values()) == [0, 1, 1]
+    fresh = queue.claim(db, suspects=False)
+    assert fresh is not None and fresh.interrupted == 0 and fresh.job_id not in (first.job_id, ahead.job_id)
+    assert queue.claim(db, suspects=False) is None  # the suspects wait until nothing else is in flight
+    queue.complete(db, fresh.job_id)
+    alone = queue.claim(db)
+    assert alone is not None and alone.job_id == first.job_id
+    stale = queue.requeue_stale(db, retries=0)
+    assert stale.requeued == 0 and [p.name for p, _ in stale.given_up] == [first.path.name]
+    states = {j.id: (j.state, j.attempts, j.interrupted) for j in jobs(db).values()}
+    assert states[first.job_id] == ("failed", 0, 2)
+    assert states[ahead.job_id] == ("pending", 0, 1)

@@ -42,10 +42,16 @@ Retries
     failures that retrying cannot change.
 
 Interrupted attempts
-    :func:`requeue_stale` keeps the attempt a dead process had counted. A photo that kills the process
-    (say, out of memory while decoding) thus uses up its retries like any failure instead of crash-looping
-    the daemon; the worker fails it when it comes back with more attempts than retries allow.
-    :func:`release` (a deliberate stop, a file that is still changing) does not count one.
+    A kill -9, an out-of-memory kill or a power cut leaves jobs ``running``; :func:`requeue_stale` (at the
+    next start) makes them pending again without counting an attempt and adds one to ``interrupted``
+    instead. A kill says nothing about which photo caused it when several were in flight: the one in
+    inference, the one decoded ahead, or none. So a job interrupted once is a *suspect*, and the worker
+    scores a suspect alone (nothing claimed or decoded next to it; :func:`claim` with ``suspects=False``
+    passes over suspects). A kill while one photo alone is in flight is charged to it: once it has been
+    interrupted more than ``retries`` times, :func:`requeue_stale` fails it rather than let it crash-loop
+    the daemon. A photo that was only waiting next to the culprit is interrupted once, then scored alone,
+    its attempts untouched. :func:`release` (a deliberate stop, a file that is still changing) counts
+    nothing either.
 
 Moves
     See :func:`adopt_moved`: scores follow the content hash from a vanished file to the new one.
@@ -106,6 +112,7 @@ class ClaimedJob:
     path: Path  # absolute
     root: Path  # the root the photo is recorded under (``path`` is inside it)
     attempts: int  # including this one
+    interrupted: int  # times the process died while this job was in flight (a suspect when > 0)
     size: int  # the file as recorded in the index when the job was claimed
     mtime_ns: int
 
@@ -167,6 +174,7 @@ def _reset_values(moment: datetime) -> dict[str, Any]:
     return {
         "state": "pending",
         "attempts": 0,
+        "interrupted": 0,
         "last_error": None,
         "next_attempt_at": None,
         "updated_at": moment,
@@ -239,19 +247,26 @@ def enqueue(
         return True
 
 
-def _due(moment: datetime, model_ids: Sequence[str] | None) -> ColumnElement[bool]:
+def _due(moment: datetime, model_ids: Sequence[str] | None, *, suspects: bool = True) -> ColumnElement[bool]:
     condition = and_(
         Job.state == "pending", or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= moment)
     )
     if model_ids is not None:
         condition = and_(condition, Job.model_id.in_(list(model_ids)))
+    if not suspects:
+        condition = and_(condition, Job.interrupted == 0)
     return condition
 
 
 def claim(
-    target: IndexDB | Session, *, model_ids: Sequence[str] | None = None, now: datetime | None = None
+    target: IndexDB | Session,
+    *,
+    model_ids: Sequence[str] | None = None,
+    suspects: bool = True,
+    now: datetime | None = None,
 ) -> ClaimedJob | None:
     """Take the next due pending job (of one of ``model_ids``, default any) and mark it running.
+    ``suspects=False`` passes over jobs that were in flight when the process died (see the module doc).
 
     Safe across threads and processes: the job is chosen and taken in one ``UPDATE`` statement, which
     SQLite runs under its single writer lock, and PostgreSQL with ``FOR UPDATE SKIP LOCKED`` so that
@@ -262,7 +277,7 @@ def claim(
         for _ in range(_CLAIM_TRIES):
             candidate = (
                 select(Job.id)
-                .where(_due(moment, model_ids))
+                .where(_due(moment, model_ids, suspects=suspects))
                 .order_by(Job.next_attempt_at.asc().nulls_first(), Job.id)
                 .limit(1)
             )
@@ -272,7 +287,7 @@ def claim(
                 update(Job)
                 .where(Job.id == candidate.scalar_subquery(), Job.state == "pending")
                 .values(state="running", attempts=Job.attempts + 1, updated_at=moment)
-                .returning(Job.id, Job.photo_id, Job.model_id, Job.attempts)
+                .returning(Job.id, Job.photo_id, Job.model_id, Job.attempts, Job.interrupted)
                 .execution_options(synchronize_session=False)
             ).first()
             if taken is not None:
@@ -289,26 +304,31 @@ def claim(
                     root_path / decode_path(rel),
                     root_path,
                     taken.attempts,
+                    taken.interrupted,
                     size,
                     mtime_ns,
                 )
-            if not session.scalar(select(exists().where(_due(moment, model_ids)))):
+            if not session.scalar(select(exists().where(_due(moment, model_ids, suspects=suspects)))):
                 return None
     return None
 
 
 def claim_photo(
-    target: IndexDB | Session, *, model_ids: Sequence[str] | None = None, now: datetime | None = None
+    target: IndexDB | Session,
+    *,
+    model_ids: Sequence[str] | None = None,
+    suspects: bool = True,
+    now: datetime | None = None,
 ) -> list[ClaimedJob]:
     """:func:`claim` the next due job, and with it every other due job of the same photo (of ``model_ids``),
     so that the photo is decoded and written once for all its models. Empty when nothing is due."""
     moment = now or utc_now()
-    first = claim(target, model_ids=model_ids, now=moment)
+    first = claim(target, model_ids=model_ids, suspects=suspects, now=moment)
     if first is None:
         return []
     with _transaction(target) as session:
         siblings = select(Job.id).where(
-            Job.photo_id == first.photo_id, Job.id != first.job_id, _due(moment, model_ids)
+            Job.photo_id == first.photo_id, Job.id != first.job_id, _due(moment, model_ids, suspects=suspects)
         )
         if _dialect(session) == "postgresql":
             siblings = siblings.with_for_update(skip_locked=True)
@@ -316,12 +336,20 @@ def claim_photo(
             update(Job)
             .where(Job.id.in_(siblings), Job.state == "pending")
             .values(state="running", attempts=Job.attempts + 1, updated_at=moment)
-            .returning(Job.id, Job.model_id, Job.attempts)
+            .returning(Job.id, Job.model_id, Job.attempts, Job.interrupted)
             .execution_options(synchronize_session=False)
         ).all()
     group = [first]
     for row in sorted(taken, key=lambda r: r.id):
-        group.append(replace(first, job_id=row.id, model_id=row.model_id, attempts=row.attempts))
+        group.append(
+            replace(
+                first,
+                job_id=row.id,
+                model_id=row.model_id,
+                attempts=row.attempts,
+                interrupted=row.interrupted,
+            )
+        )
     return group
 
 
@@ -396,18 +424,68 @@ def postpone_root(target: IndexDB | Session, root: Path, *, delay: float, now: d
         return _count(result)
 
 
-def requeue_stale(target: IndexDB | Session, *, now: datetime | None = None) -> int:
-    """Make jobs left ``running`` by a process that died pending again; how many. Call it only while no
-    worker can be running (the daemon holds its single-instance lock), or it takes live jobs away."""
+def interrupted_message(times: int) -> str:
+    """The reason a job is given up after the process died ``times`` times while it was in flight."""
+    return (
+        f"musiqd stopped {times} times while scoring this photo, at least {times - 1} of them with no other "
+        "photo in flight (killed, crashed or out of memory?); not trying again"
+    )
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """What :func:`requeue_stale` did: jobs made pending again, and jobs given up (path, reason)."""
+
+    requeued: int
+    given_up: list[tuple[Path, str]]
+
+
+def requeue_stale(
+    target: IndexDB | Session, *, retries: int | None = None, now: datetime | None = None
+) -> Requeued:
+    """Make jobs left ``running`` by a process that died pending again, their attempt not counted and
+    one more interruption counted (see the module doc). With ``retries``, the job of a photo that was the
+    only one in flight is failed instead when it has now been interrupted more than ``retries`` times
+    (decided here, before anything could claim it again). Call it
+    only while no worker can be running (the daemon holds its single-instance lock), or it takes live
+    jobs away."""
     moment = now or utc_now()
     with _transaction(target) as session:
-        result = session.execute(
-            update(Job)
+        stale = session.execute(
+            select(Job.id, Job.photo_id, Job.interrupted, Photo.root, Photo.rel_path)
+            .join(Photo, Job.photo_id == Photo.id)
             .where(Job.state == "running")
-            .values(state="pending", next_attempt_at=None, updated_at=moment)
-            .execution_options(synchronize_session=False)
+        ).all()
+        # Only a photo that was alone in flight is charged with the kill; several in flight are suspects.
+        alone = len({row.photo_id for row in stale}) == 1
+        given_up = [
+            (row.id, row.interrupted + 1, Path(decode_path(row.root)) / decode_path(row.rel_path))
+            for row in stale
+            if alone and retries is not None and row.interrupted + 1 > retries
+        ]
+        if stale:
+            session.execute(
+                update(Job)
+                .where(Job.state == "running")
+                .values(
+                    state="pending",
+                    attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+                    interrupted=Job.interrupted + 1,
+                    next_attempt_at=None,
+                    updated_at=moment,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        for job_id, times, _ in given_up:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(state="failed", last_error=interrupted_message(times), updated_at=moment)
+                .execution_options(synchronize_session=False)
+            )
+        return Requeued(
+            len(stale) - len(given_up), [(path, interrupted_message(times)) for _, times, path in given_up]
         )
-        return _count(result)
 
 
 def queue_counts(target: IndexDB | Session) -> dict[str, int]:

@@ -172,9 +172,11 @@ class Service:
             self._db = open_index(self.config.database)
             log.info("musiqd %s watching %s (index %s)", __version__, _roots_text(self.config.roots),
                      make_url(url).render_as_string(hide_password=True))  # fmt: skip
-            requeued = requeue_stale(self.db)
-            if requeued:
-                log.info("requeued %d photos left running by a previous run", requeued)
+            stale = requeue_stale(self.db, retries=self.config.retries)
+            if stale.requeued:
+                log.info("requeued %d photos left running by a previous run", stale.requeued)
+            for path, message in stale.given_up:
+                log.warning("%s failed: %s", path, message)
             write_state(self.db, pid=os.getpid(), host=socket.gethostname(), state="starting",
                         started_at=self._started_at, heartbeat_at=now(), done=0, failed=0, busy_s=0.0,
                         roots=_roots_json(self.config.roots), models=",".join(self.config.models),

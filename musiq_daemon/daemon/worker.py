@@ -37,8 +37,12 @@ Errors (decisions):
   since the next attempt scores the file as it is then.
 * Any other exception is a bug or an environment problem (the database went away): its traceback is
   logged, the attempt fails as ``internal error: ...`` (retried like any failure) and the worker goes on.
-* A job claimed with more attempts than the retries allow was interrupted each time (the process was
-  killed while scoring it, e.g. out of memory): it is failed at once rather than tried again.
+* The process dies (kill -9, out of memory, power cut): the jobs it had in flight are pending again at the
+  next start, their attempt not counted, each with one more interruption (see
+  :mod:`musiq_daemon.daemon.queue`). A photo interrupted before is scored alone: nothing is claimed or
+  decoded ahead while it is in flight, so a further kill is charged to it and to no neighbour. A photo
+  interrupted more than ``retries`` times, the last time alone, is failed at the restart, before it is
+  claimed again, rather than crash-looping the daemon.
 """
 
 from __future__ import annotations
@@ -113,10 +117,6 @@ if TYPE_CHECKING:
     _Claimed = deque[tuple[list[ClaimedJob], Future[Decoded | _Deferral | Exception]]]
 
 
-class _InterruptedError(MusiqError):
-    """The job came back more often than retries allow without ever failing: it kills the process."""
-
-
 class _ChangedWhileScoringError(Exception):
     """The file changed between scoring and recording: roll back, score it again later."""
 
@@ -136,6 +136,11 @@ def _root_available(root: Path) -> bool:
             return any(True for _ in entries)
     except OSError:
         return False
+
+
+def _suspect(group: list[ClaimedJob]) -> bool:
+    """Whether the process died before while this photo was in flight (then it is scored alone)."""
+    return any(job.interrupted for job in group)
 
 
 class Worker:
@@ -210,7 +215,8 @@ class Worker:
                         prepared = future.result()
                         if stop.is_set():
                             break
-                        self._claim_into(claimed, pool, paused)  # decoded while this one is scored
+                        if not _suspect(group):  # a suspect is scored alone: nothing decoded next to it
+                            self._claim_into(claimed, pool, paused, suspects=False)
                         self._process(group, prepared)
                         claimed.popleft()
                         self._count(busy_s=clock_time.monotonic() - started)
@@ -229,13 +235,20 @@ class Worker:
     def _may_claim(self, paused: Callable[[], bool]) -> bool:
         return not paused() and not in_quiet_hours(self.clock().time(), self.quiet_hours)
 
-    def _claim(self) -> list[ClaimedJob]:
-        return queue.claim_photo(self.db, model_ids=list(self.scorers), now=self._now())
+    def _claim(self, *, suspects: bool = True) -> list[ClaimedJob]:
+        return queue.claim_photo(self.db, model_ids=list(self.scorers), suspects=suspects, now=self._now())
 
-    def _claim_into(self, claimed: _Claimed, pool: ThreadPoolExecutor, paused: Callable[[], bool]) -> bool:
+    def _claim_into(
+        self,
+        claimed: _Claimed,
+        pool: ThreadPoolExecutor,
+        paused: Callable[[], bool],
+        *,
+        suspects: bool = True,
+    ) -> bool:
         if not self._may_claim(paused):
             return False
-        group = self._claim()
+        group = self._claim(suspects=suspects)
         if not group:
             return False
         claimed.append((group, pool.submit(self._prepare, group)))
@@ -272,12 +285,6 @@ class Worker:
         and raised by :meth:`_process`)."""
         job = group[0]
         try:
-            worst = max(j.attempts for j in group)
-            if worst > self.retries + 1:  # checked before decoding: decoding may be what kills it
-                return _InterruptedError(
-                    f"musiqd stopped {worst - 1} times while scoring this photo "
-                    "(killed, crashed or out of memory?); not trying again"
-                )
             problem = self._check_file(job)
             if problem is not None:
                 return problem
@@ -292,8 +299,6 @@ class Worker:
         try:
             if isinstance(prepared, _Deferral):
                 return self._defer(group, prepared)
-            if isinstance(prepared, _InterruptedError):
-                return self._fail(group, str(prepared), permanent=True)
             if isinstance(prepared, Exception):
                 raise prepared
             records = self.pipeline.infer(prepared)

@@ -140,6 +140,9 @@ class Job(Base):
     model_id: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the process died while this job was in flight (kill -9, out of memory, power cut): counted
+    # apart from attempts, see musiq_daemon.daemon.queue ("Interrupted attempts").
+    interrupted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
