@@ -75,6 +75,12 @@ class WriteError(MusiqError):
     exit_code = 9
 
 
+class OutsideRootError(WriteError):
+    """A path that symbolic links lead out of the folder musiqd was given: it is neither read nor written."""
+
+    exit_code = 10
+
+
 class ReadOnlyError(WriteError):
     """The file or its directory cannot be written (read-only mount, no permission, foreign owner)."""
 

@@ -1,4 +1,5 @@
-"""Where musiqd keeps its data (converted models, downloaded checkpoints).
+"""Where musiqd keeps its data (converted models, downloaded checkpoints), and whether a photo really lies
+in the folder it was found under.
 
 Order: ``$MUSIQD_DATA_DIR``; systemd's ``$STATE_DIRECTORY`` (set by ``StateDirectory=musiqd``, i.e.
 /var/lib/musiqd for the service); ``$XDG_DATA_HOME/musiqd``; ``~/.local/share/musiqd``.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from musiq_daemon.errors import OutsideRootError
 
 
 def data_dir() -> Path:
@@ -33,3 +36,23 @@ def models_dir() -> Path:
 def checkpoints_dir() -> Path:
     """Downloaded official checkpoints (``*_ckpt.npz``), kept so a model can be re-converted offline."""
     return data_dir() / "checkpoints"
+
+
+def outside_root(path: Path, root: Path) -> Path | None:
+    """Where ``path``'s folder really is when symbolic links in it lead out of ``root``; None when it is
+    inside. The root itself may be reached through links (a share mounted elsewhere and linked in): both
+    are resolved before they are compared. The photo's own name is not resolved: a photo that is a
+    symbolic link is refused by whoever opens it (reads and writes never follow a linked photo file)."""
+    real_root = Path(os.path.realpath(root))
+    real_folder = Path(os.path.realpath(path.parent))
+    return None if real_folder.is_relative_to(real_root) else real_folder
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Raise :class:`~musiq_daemon.errors.OutsideRootError` when links lead ``path`` out of ``root``."""
+    real = outside_root(path, root)
+    if real is not None:
+        raise OutsideRootError(
+            f"{path}: its folder is {real} through a symbolic link, outside {root}: musiqd does not follow "
+            "links out of the folders it is given; add that folder as a root if it should be scored"
+        )

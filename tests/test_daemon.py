@@ -455,6 +455,18 @@ def test_pause_resume_status_notify_rescore(daemon: Daemon) -> None:
     outside.write_bytes(photo_bytes(602))
     result = musiqd(daemon, "notify", str(outside))
     assert result.exit_code == 1 and "not under a watched root" in result.stderr
+    # A folder inside the root that links out of it: the path looks inside, the file is not.
+    secret_dir = daemon.workdir / "secret"
+    secret_dir.mkdir(exist_ok=True)
+    secret = secret_dir / "secret.jpg"
+    secret.write_bytes(photo_bytes(603))
+    (target / "linkdir").symlink_to(secret_dir, target_is_directory=True)
+    result = musiqd(daemon, "notify", str(target / "linkdir" / "secret.jpg"))
+    assert result.exit_code == 1 and f"its folder is {secret_dir} through a symbolic link" in result.stderr
+    assert view(daemon.db, target / "linkdir" / "secret.jpg") is None
+    assert secret.read_bytes() == photo_bytes(603) and [p.name for p in secret_dir.iterdir()] == [
+        "secret.jpg"
+    ]
 
     # The real command, as a user runs it next to the daemon.
     status = json.loads(daemon.cli("status", "--json").stdout)

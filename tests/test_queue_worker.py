@@ -583,3 +583,41 @@ def test_a_kill_with_several_photos_in_flight_charges_none_of_them(db: IndexDB, 
     states = {j.id: (j.state, j.attempts, j.interrupted) for j in jobs(db).values()}
     assert states[first.job_id] == ("failed", 0, 2)
     assert states[ahead.job_id] == ("pending", 0, 1)
+
+
+def test_a_folder_linked_out_of_the_root_is_neither_read_nor_written(
+    sqlite_db: IndexDB, tmp_path: Path, scorers: dict[str, Scorer]
+) -> None:
+    """A queued photo whose folder became a symbolic link to a folder outside the root: the job fails at
+    once with the reason, and the file outside stays byte-identical (no embedded write, no sidecar)."""
+    db = sqlite_db
+    root = tmp_path / "Photos"
+    add_photos(db, root, ["trip/a.jpg"], image=True)
+    outside = tmp_path / "elsewhere"
+    (root / "trip").rename(outside)
+    (root / "trip").symlink_to(outside, target_is_directory=True)
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    outcome = make_worker(db, scorers, retries=3).run_once()
+    assert outcome is not None and outcome.result == "failed"
+    assert f"its folder is {outside} through a symbolic link, outside {root}" in (outcome.message or "")
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+    (row,) = jobs(db).values()
+    assert (row.state, row.attempts) == ("failed", 1)  # not retried: only the links can change it
+
+
+def test_a_link_inside_the_root_is_followed(
+    sqlite_db: IndexDB, tmp_path: Path, scorers: dict[str, Scorer]
+) -> None:
+    """Links that stay inside the root, and a root that is itself reached through a link, are fine."""
+    db = sqlite_db
+    real_root = tmp_path / "volume1" / "photos"
+    add_photos(db, real_root, ["2024/a.jpg"], image=True)
+    linked_root = tmp_path / "Photos"
+    linked_root.symlink_to(real_root, target_is_directory=True)
+    (real_root / "latest").symlink_to(real_root / "2024", target_is_directory=True)
+    from musiq_daemon.paths import outside_root
+
+    assert outside_root(linked_root / "latest" / "a.jpg", linked_root) is None
+    assert outside_root(real_root / "latest" / "a.jpg", linked_root) is None
+    outcome = make_worker(db, scorers).run_once()
+    assert outcome is not None and outcome.result == "done"

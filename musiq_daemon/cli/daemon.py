@@ -274,8 +274,13 @@ def notify(
 
 
 def _notify_problem(path: Path, root: Path | None, path_filter: PathFilter) -> str | None:
+    from musiq_daemon.paths import outside_root
+
     if root is None:
         return "not under a watched root"
+    real = outside_root(path, root)
+    if real is not None:
+        return f"its folder is {real} through a symbolic link, outside the root {root}: not queued"
     if not path.is_file() or path.is_symlink():
         return "not a regular file"
     if not path_filter.path_wanted(str(path), str(root)):

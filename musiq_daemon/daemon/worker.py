@@ -64,10 +64,11 @@ from musiq_daemon.api import Scorer
 from musiq_daemon.config import in_quiet_hours
 from musiq_daemon.daemon import queue
 from musiq_daemon.daemon.queue import ClaimedJob
-from musiq_daemon.errors import DecodeError, MusiqError, ReadOnlyError
+from musiq_daemon.errors import DecodeError, MusiqError, OutsideRootError, ReadOnlyError
 from musiq_daemon.index.db import IndexDB
 from musiq_daemon.index.records import last_rating_written, record_results, upsert_photo
 from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_scores
+from musiq_daemon.paths import check_inside
 from musiq_daemon.pipeline import Decoded, Pipeline
 from musiq_daemon.records import ScoreRecord
 
@@ -269,6 +270,7 @@ class Worker:
 
     def _check_file(self, job: ClaimedJob) -> _Deferral | MusiqError | None:
         try:
+            check_inside(job.path, job.root)
             info = job.path.stat()
         except FileNotFoundError:
             if not _root_available(job.root):
@@ -276,6 +278,8 @@ class Worker:
             return DecodeError(f"{job.path}: file not found (moved or deleted before it was scored)")
         except OSError as exc:
             return DecodeError(f"{job.path}: cannot read the file: {exc.strerror or exc}")
+        except OutsideRootError as exc:
+            return exc
         if (info.st_size, info.st_mtime_ns) != (job.size, job.mtime_ns):
             return _Deferral("the file changed since it was queued", SETTLE_DELAY_S)
         return None
@@ -311,6 +315,8 @@ class Worker:
             return self._record(group, records, written, note)
         except _ChangedWhileScoringError:
             return self._defer(group, _Deferral("the file changed while it was scored", SETTLE_DELAY_S))
+        except OutsideRootError as exc:  # retrying cannot help until the links change
+            return self._fail(group, str(exc), permanent=True)
         except MusiqError as exc:
             return self._fail(group, str(exc))
         except Exception as exc:
