@@ -334,6 +334,38 @@ def test_slow_copy_scored_once_after_it_completes(daemon: Daemon) -> None:
         assert f"{path}: the file changed" not in daemon.logs()  # never queued half-written
 
 
+def test_polling_queues_a_copy_one_quiet_period_after_it_last_changed(tmp_path: Path) -> None:
+    """Polling reports no close-after-write: a file it saw growing is ready one quiet period after the
+    growth stops (and its structure is complete), not after max_wait."""
+    from musiq_daemon.daemon.watch import RootWatcher, Settler
+    from musiq_daemon.discover import DEFAULT_FILTER
+
+    ready: dict[Path, float] = {}
+    settler = Settler(
+        lambda path, digest: ready.setdefault(path, time.time()) if digest else None,
+        lambda files, folders: None,
+        lambda path, info: False,
+        quiet_period=0.5,
+        max_wait=120.0,
+    )
+    settler.start()
+    watcher = RootWatcher.start(
+        tmp_path, setting="poll", poll_interval=0.1, path_filter=DEFAULT_FILTER, settler=settler
+    )
+    try:
+        target = tmp_path / "copy.jpg"
+        # Polls see it grow several times (0.15 s between writes, polled every 0.1 s).
+        finished = copy_slowly(big_jpeg(3_000_000, seed=11), target, chunks=12, pause=0.15)
+        wait_until(lambda: target in ready, "the copy to be ready", timeout=30.0, every=0.05)
+        assert watcher.mode == "poll"
+        assert 0.0 < ready[target] - finished < 10.0, ready[target] - finished  # not max_wait (120 s)
+    finally:
+        watcher.stop()
+        watcher.join(5.0)
+        settler.stop()
+        settler.join(5.0)
+
+
 def test_rename_move_keep_score_and_deletion_marks_missing(daemon: Daemon) -> None:
     target = folder(daemon, "moves")
     a, b, c = (target / name for name in ("a.jpg", "b.jpg", "c.jpg"))
@@ -693,6 +725,55 @@ def test_a_photo_that_kills_the_daemon_is_failed_and_its_neighbours_are_not(
     assert sum(job.interrupted for job in neighbours) == len(in_flight_at_kills[0]) - 1
     code, _ = d.stop()
     assert code == 0
+
+
+def _bindfs(source: Path, target: Path) -> str | None:
+    """Mount ``source`` on ``target`` with bindfs (a FUSE filesystem, as an SMB or sshfs share looks to the
+    daemon); None on success, else why not."""
+    if shutil.which("bindfs") is None:
+        return "bindfs is not installed (apt install bindfs)"
+    if not Path("/dev/fuse").exists():
+        return "no /dev/fuse on this machine"
+    done = subprocess.run(["bindfs", str(source), str(target)], capture_output=True, text=True, check=False)
+    return None if done.returncode == 0 else f"bindfs failed: {done.stderr.strip()}"
+
+
+def _unmount_fuse(target: Path) -> None:
+    for command in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
+        if (
+            shutil.which(command[0])
+            and subprocess.run([*command, str(target)], capture_output=True).returncode == 0
+        ):
+            return
+
+
+def test_a_share_mounted_after_start_is_watched_by_polling(
+    spawn: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """The boot race: the root is an empty local folder when the daemon starts (inotify), then a FUSE share
+    is mounted on it. The daemon notices the new filesystem, polls it, scores what is on it, and sees
+    photos that arrive on the share's side (no inotify event ever reaches the mount point)."""
+    root, share = tmp_path / "photos", tmp_path / "server"
+    root.mkdir()
+    share.mkdir()
+    (share / "on-share.jpg").write_bytes(photo_bytes(1500))
+    config = write_config(tmp_path / "config.toml", [root], tmp_path / "index.sqlite3", observer="auto")
+    d = spawn(tmp_path, config).start()
+    try:
+        d.wait_log(f"watching {root}: native")
+        why_not = _bindfs(share, root)
+        if why_not is not None:
+            pytest.skip(why_not)
+        d.wait_log(f"root {root} is now on fuse")
+        d.wait_log(f"watching {root}: poll")
+        wait_state(d.db, [root / "on-share.jpg"])
+        (share / "arrived-later.jpg").write_bytes(photo_bytes(1501))  # written on the server's side
+        wait_state(d.db, [root / "arrived-later.jpg"])
+        assert not [p for p in share.iterdir() if p.name.startswith(".musiqd-tmp-")]
+        code, _ = d.stop()
+        assert code == 0
+    finally:
+        _unmount_fuse(root)
 
 
 def _mount_bind(source: Path, target: Path) -> bool:

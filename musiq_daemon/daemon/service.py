@@ -50,7 +50,7 @@ from musiq_daemon.daemon.scan import (
 )
 from musiq_daemon.daemon.state import read_state, write_state
 from musiq_daemon.daemon.systemd import sd_notify, watchdog_interval
-from musiq_daemon.daemon.watch import RootWatcher, Settler
+from musiq_daemon.daemon.watch import RootWatcher, Settler, filesystem_of
 from musiq_daemon.discover import PathFilter
 from musiq_daemon.errors import MusiqError, UsageError
 from musiq_daemon.index.db import url_for
@@ -350,8 +350,15 @@ class Service:
         # filesystem that went away (inotify), or kept the last state it saw (polling). Then a rescan
         # catches up with what changed meanwhile.
         dead = state.watcher is None or not state.watcher.alive()
+        moved = None if state.watcher is None else filesystem_of(state.root, MountTable.read())
         if back:
             log.info("root %s is available again", state.root)
+        elif state.watcher is not None and moved != state.watcher.filesystem:
+            # A share mounted on the root after start (automount, nofail, a user's FUSE mount), or taken
+            # away from under it: the old observer watches a filesystem that is no longer there.
+            log.info(
+                "root %s is now on %s (was %s): watching it anew", state.root, moved, state.watcher.filesystem
+            )
         elif not dead:
             return
         elif state.watcher is not None:

@@ -92,6 +92,17 @@ def choose_observer(root: Path, setting: str, mounts: MountTable) -> tuple[Obser
     return "native", f"local {mount.fstype} filesystem"
 
 
+def filesystem_of(root: Path, mounts: MountTable) -> str:
+    """The filesystem ``root`` is on now, as "fstype at mount point (device N)": it changes when a share is
+    mounted on the root (or unmounted from it) after the watcher started, and the watcher must follow."""
+    mount = mounts.mount_for(root)
+    try:
+        device = root.stat().st_dev
+    except OSError:
+        device = -1
+    return f"{mount.fstype} at {mount.point} (device {device})"
+
+
 # --- settling candidates -----------------------------------------------------------------------------------
 
 
@@ -275,12 +286,20 @@ class Settler:
 
 
 class _Handler(FileSystemEventHandler):
-    """Turns one root's events into settler calls, dropping everything the filter rejects."""
+    """Turns one root's events into settler calls, dropping everything the filter rejects.
 
-    def __init__(self, root: Path, path_filter: PathFilter, settler: Settler) -> None:
+    ``reports_close``: the observer reports close-after-write (inotify). Polling does not: a change it
+    sees says nothing about the file being open, so it restarts the quiet period without marking the file
+    as written-and-not-closed (which would hold it until ``max_wait``).
+    """
+
+    def __init__(
+        self, root: Path, path_filter: PathFilter, settler: Settler, *, reports_close: bool = True
+    ) -> None:
         self._root = str(root)
         self._filter = path_filter
         self._settler = settler
+        self._reports_close = reports_close
 
     def dispatch(self, event: FileSystemEvent) -> None:
         src = os.fsdecode(event.src_path)
@@ -297,6 +316,8 @@ class _Handler(FileSystemEventHandler):
         if event.event_type in ("deleted", "moved") and src and self._wanted(src):
             self._settler.gone(src)
         kind = _KINDS.get(event.event_type)
+        if kind == "modified" and not self._reports_close:
+            kind = "scanned"
         target = dest if event.event_type == "moved" else src
         if kind is not None and target and self._wanted(target):
             self._settler.touch(target, kind)
@@ -324,8 +345,11 @@ _KINDS: Final[dict[str, EventKind]] = {
 class RootWatcher:
     """One root's observer. ``mode`` is what really runs (after any fallback), ``reason`` why."""
 
-    def __init__(self, root: Path, mode: ObserverMode, reason: str, observer: BaseObserver) -> None:
+    def __init__(
+        self, root: Path, mode: ObserverMode, reason: str, observer: BaseObserver, filesystem: str
+    ) -> None:
         self.root, self.mode, self.reason = root, mode, reason
+        self.filesystem = filesystem  # what it was started on: see filesystem_of
         self._observer = observer
 
     @classmethod
@@ -339,20 +363,28 @@ class RootWatcher:
         settler: Settler,
         mounts: MountTable | None = None,
     ) -> RootWatcher:
-        mode, reason = choose_observer(root, setting, mounts or MountTable.read())
-        handler = _Handler(root, path_filter, settler)
+        table = mounts or MountTable.read()
+        filesystem = filesystem_of(root, table)
+        mode, reason = choose_observer(root, setting, table)
         if mode == "native":
             try:
-                return cls(root, "native", reason, _start_native(root, handler))
+                return cls(
+                    root,
+                    "native",
+                    reason,
+                    _start_native(root, _Handler(root, path_filter, settler)),
+                    filesystem,
+                )
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                     raise
                 log.warning("%s: %s", root, INOTIFY_LIMIT_MESSAGE)
                 mode, reason = "poll", "inotify limit reached"
+        handler = _Handler(root, path_filter, settler, reports_close=False)
         observer = _polling_observer(path_filter, poll_interval)
         observer.schedule(handler, str(root), recursive=True, event_filter=_EVENTS)
         observer.start()
-        return cls(root, mode, reason, observer)
+        return cls(root, mode, reason, observer, filesystem)
 
     def alive(self) -> bool:
         """The observer and its emitters still run (a polling emitter stops when its root vanishes)."""
