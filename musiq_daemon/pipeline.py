@@ -192,8 +192,10 @@ class Pipeline:
             (s.installed.spec.id, s.installed.version, s.installed.variant, s.policy.describe())
             for s in self.scorers.values()
         ]
+        policy = self.write_policy
+        must_be_written = policy is not None and policy.mode != "index-only"
         with self.db.session() as session:
-            return already_scored(session, path, wanted, roots=self.roots)
+            return already_scored(session, path, wanted, roots=self.roots, written=must_be_written)
 
     def _write(
         self, path: Path, records: Sequence[ScoreRecord]

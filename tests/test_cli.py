@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,64 @@ def test_help_speaks_to_users(env: dict[str, str]) -> None:
     commands = out.split("Commands:", 1)[1]
     for command in ("score", "watch", "query", "status", "models"):
         assert f"\n  {command} " in commands, command
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs of the test's own (root only), unmounted afterwards."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file that uses the disk's free space up to ``leave`` bytes."""
+    info = os.statvfs(disk)
+    filler = disk / "filler.bin"
+    filler.write_bytes(b"\0" * max(info.f_bavail * info.f_frsize - leave, 0))
+    return filler
+
+
+def test_score_write_on_a_full_disk_stops_with_exit_11_then_resumes(
+    env: dict[str, str], small_disk: Path
+) -> None:
+    from imagegen import jpeg_bytes
+
+    photos = [small_disk / f"IMG_{i}.jpg" for i in range(3)]
+    for i, path in enumerate(photos):
+        path.write_bytes(jpeg_bytes(1200, 800, seed=40 + i))
+    originals = {path: path.read_bytes() for path in photos}
+    filler = fill(small_disk, leave=16_000)
+    index = str(small_disk.parent / "index.sqlite3")
+    full = run(["score", "--write", "--db", index, *map(str, photos)], env, check_rc=11)
+    assert "no space left on the device" in full.stderr and "Traceback" not in full.stderr
+    assert "musiqd: error: the disk is full: " in full.stderr and "free some space" in full.stderr
+    assert {path: path.read_bytes() for path in photos} == originals  # nothing half-written
+    assert not [p for p in small_disk.iterdir() if p.name.startswith(".musiqd-tmp-")]
+    filler.unlink()
+    again = run(["score", "--write", "--db", index, *map(str, photos)], env)
+    # The photo whose write failed is written now, although its score was recorded: all three changed.
+    assert again.stdout.count("[embedded]") == 3, again.stdout + again.stderr
+    assert all(path.read_bytes() != originals[path] for path in photos)
+
+
+def test_score_write_after_a_plain_score_writes(env: dict[str, str], photos: Path, tmp_path: Path) -> None:
+    """A plain `score` records scores without writing; `score --write` afterwards must write them, not skip
+    the photos as already scored."""
+    photo = photos / "sub" / "b.png"
+    index = str(tmp_path / "index.sqlite3")
+    run(["score", "--db", index, str(photo)], env)
+    before = photo.read_bytes()
+    written = run(["score", "--write", "--write-mode", "sidecar", "--db", index, str(photo)], env)
+    assert "[sidecar]" in written.stdout and "1 scored, 0 skipped" in written.stderr
+    assert photo.read_bytes() == before and photo.with_name("b.png.xmp").is_file()
+    again = run(["score", "--write", "--write-mode", "sidecar", "--db", index, str(photo)], env)
+    assert "0 scored, 1 skipped" in again.stderr

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from musiq_daemon.cli.options import CONFIG_OPTION, DB_OPTION, load
-from musiq_daemon.errors import UsageError
+from musiq_daemon.errors import DiskFullError, UsageError
 
 if TYPE_CHECKING:
     from musiq_daemon.pipeline import PhotoOutcome
@@ -88,10 +89,22 @@ def score(
     )
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     started = time.monotonic()
+    full: list[Path] = []  # photos scored but not written because the disk is full
+    processed = 0
+
+    def feed() -> Iterator[Path]:
+        for photo in photos:
+            if full:
+                return  # every further write would fail the same way: finish what is in flight, then stop
+            yield photo
+
     try:
         # Rows are printed as each photo finishes, so a long run shows progress (and can be piped).
-        for outcome in pipeline.run(photos):
+        for outcome in pipeline.run(feed()):
+            processed += 1
             _show(outcome, as_json, counts)
+            if isinstance(outcome.write_error, DiskFullError):
+                full.append(outcome.path)
     finally:
         if db is not None:
             db.close()
@@ -101,6 +114,14 @@ def score(
         f"them again), {counts['failed']} failed in {elapsed:.1f} s"
     )
     typer.echo(summary, err=True)
+    if full:
+        left = len(photos) - processed
+        unwritten = f"{len(full)} scored but not written"
+        stopped = f"stopped with {left} photo{'s' if left != 1 else ''} left; " if left > 0 else ""
+        raise DiskFullError(
+            f"the disk is full: {stopped}{unwritten}; free some space and run the same command again "
+            "(what was written is skipped, the rest is written)"
+        )
     if counts["failed"]:
         raise typer.Exit(1)
 

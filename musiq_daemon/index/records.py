@@ -253,11 +253,18 @@ def record_results(
 
 
 def already_scored(
-    session: Session, path: Path, wanted: Sequence[ScoreKey], *, roots: list[Path] | None = None
+    session: Session,
+    path: Path,
+    wanted: Sequence[ScoreKey],
+    *,
+    roots: list[Path] | None = None,
+    written: bool = False,
 ) -> bool:
     """Whether the photo at ``path``, as it is now, has a latest score for every (model, version, variant,
-    resolution policy) in ``wanted``. The file counts as unchanged when its size and modification time are
-    those recorded (musiqd records them after its own writes), else when its content hash is."""
+    resolution policy) in ``wanted`` (with ``written``: one that was also written into the photo or its
+    sidecar, so that ``score --write`` after a plain ``score``, or after a write that failed, writes). The
+    file counts as unchanged when its size and modification time are those recorded (musiqd records them
+    after its own writes), else when its content hash is."""
     photo = find_photo(session, path, roots=roots)
     if photo is None:
         return False
@@ -268,10 +275,11 @@ def already_scored(
                 return False
         except MusiqError:
             return False
-    rows = session.execute(
-        select(Score.model_id, Score.model_version, Score.variant, Score.resolution_policy).where(
-            Score.photo_id == photo.id, Score.is_latest.is_(True)
-        )
+    latest = select(Score.model_id, Score.model_version, Score.variant, Score.resolution_policy).where(
+        Score.photo_id == photo.id, Score.is_latest.is_(True)
     )
+    if written:
+        latest = latest.where(Score.written_to.in_(("embedded", "sidecar")))
+    rows = session.execute(latest)
     have = {(r.model_id, r.model_version, r.variant, r.resolution_policy) for r in rows}
     return all(key in have for key in wanted)
