@@ -309,3 +309,27 @@ def test_score_write_after_a_plain_score_writes(env: dict[str, str], photos: Pat
     assert photo.read_bytes() == before and photo.with_name("b.png.xmp").is_file()
     again = run(["score", "--write", "--write-mode", "sidecar", "--db", index, str(photo)], env)
     assert "0 scored, 1 skipped" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["pause"], ["resume"], ["rescore", "--all", "--model", "koniq"]]
+)
+def test_daemon_commands_never_create_an_index(
+    env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """Run as another user (another data folder), `status` and friends used to answer from a new empty
+    index in that user's home: "never started". They say where they looked instead, and create nothing."""
+    elsewhere = tmp_path / "another-users-home" / ".local" / "share" / "musiqd"
+    result = run(command, {**env, "MUSIQD_DATA_DIR": str(elsewhere)}, check_rc=8)
+    assert result.stderr.startswith(f"musiqd: error: no index at {elsewhere / 'index.sqlite3'}: ")
+    assert "--db or MUSIQD_DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+    assert not elsewhere.exists()
+
+
+def test_an_index_on_a_full_disk_says_so(env: dict[str, str], photos: Path, small_disk: Path) -> None:
+    fill(small_disk, leave=0)
+    result = run(
+        ["score", str(photos / "sub" / "b.png"), "--db", str(small_disk / "index.sqlite3")], env, check_rc=11
+    )
+    assert "its disk is full" in result.stderr and "free some space" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

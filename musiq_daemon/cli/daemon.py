@@ -27,10 +27,13 @@ if TYPE_CHECKING:
 STALE_AFTER_S = 15.0
 
 
-def _open(config: Config) -> IndexDB:
+def _open(config: Config, *, create: bool = False) -> IndexDB:
+    """The configured index. Only commands that put photos into it create it: ``status``, ``pause``,
+    ``resume`` and ``rescore`` on an index that does not exist say so (run as another user, the default
+    index is that user's, not the daemon's)."""
     from musiq_daemon.index import open_index
 
-    return open_index(config.database)
+    return open_index(config.database, create=create)
 
 
 def watch(
@@ -246,7 +249,7 @@ def notify(
     from musiq_daemon.index.paths import decode_path
 
     loaded = load(config, {"database": database})
-    db = _open(loaded)
+    db = _open(loaded, create=True)
     problems = 0
     try:
         row = read_state(db)

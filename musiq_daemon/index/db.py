@@ -28,13 +28,15 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from musiq_daemon.errors import IndexDatabaseError
+from musiq_daemon.errors import DiskFullError, IndexDatabaseError
 from musiq_daemon.index.location import (
     BUSY_TIMEOUT_S,
     default_url,
     head_revision,
     known_revisions,
     migrations_dir,
+    missing_index,
+    sqlite_file,
     url_for,
 )
 
@@ -309,9 +311,13 @@ class IndexDB:
         self.engine.dispose()
 
 
-def open_index(database: str | None = None, *, upgrade_schema: bool = True) -> IndexDB:
-    """Open (creating or upgrading as needed) the index at ``database`` (URL or path; default per docs)."""
+def open_index(database: str | None = None, *, upgrade_schema: bool = True, create: bool = True) -> IndexDB:
+    """Open (creating or upgrading as needed) the index at ``database`` (URL or path; default per docs).
+    ``create=False``: a SQLite file that does not exist is an error instead of a new index."""
     url = url_for(database)
+    path = sqlite_file(url)
+    if not create and path is not None and not path.exists():
+        raise missing_index(path)
     engine = _make_engine(url)
     shown = make_url(url).render_as_string(hide_password=True)
     try:
@@ -321,8 +327,22 @@ def open_index(database: str | None = None, *, upgrade_schema: bool = True) -> I
     except DBAPIError as exc:
         engine.dispose()
         reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        if path is not None and disk_full(path):
+            raise DiskFullError(
+                f"cannot open the index {shown}: its disk is full ({reason}); free some space"
+            ) from None
         raise IndexDatabaseError(f"cannot open the index {shown}: {reason}") from None
     except IndexDatabaseError:
         engine.dispose()
         raise
     return IndexDB(url, engine, sessionmaker(engine, expire_on_commit=False))
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` (a SQLite index) has no room left: SQLite reports a full disk
+    as "disk I/O error" when it cannot grow its journal, which says nothing useful on its own."""
+    try:
+        info = os.statvfs(path.parent if path.parent.exists() else path.parent.parent)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < 1_000_000

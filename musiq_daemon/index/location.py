@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote
 
+from musiq_daemon.errors import IndexDatabaseError
 from musiq_daemon.paths import data_dir
 
 #: Seconds a writer or reader waits for a lock before giving up (the daemon writes while users query).
@@ -46,6 +47,16 @@ def sqlite_file(url: str) -> Path | None:
     if match is None or match["path"] == ":memory:":
         return None
     return Path(unquote(match["path"]))
+
+
+def missing_index(path: Path) -> IndexDatabaseError:
+    """The error for a command that reads an index which does not exist (it never creates one: a typo in
+    ``--db``, or another user's default data folder, would otherwise answer from a new empty index)."""
+    return IndexDatabaseError(
+        f"no index at {path}: nothing has been scored with it yet (run 'musiqd score PATH' or the daemon), "
+        "or give the index you mean with --db or MUSIQD_DATABASE_URL (another user's default index is in "
+        "that user's data folder)"
+    )
 
 
 def migrations_dir() -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from musiq_daemon.errors import IndexDatabaseError
-from musiq_daemon.index.location import BUSY_TIMEOUT_S, known_revisions, sqlite_file, url_for
+from musiq_daemon.index.location import BUSY_TIMEOUT_S, known_revisions, missing_index, sqlite_file, url_for
 
 if TYPE_CHECKING:
     from musiq_daemon.index.db import IndexDB
@@ -130,10 +130,7 @@ def open_reader(database: str | None = None) -> Reader:
     path = sqlite_file(url)
     if path is not None:
         if not path.exists():
-            raise IndexDatabaseError(
-                f"no index at {path}: nothing has been scored with it yet (run 'musiqd score PATH' or the "
-                "daemon), or give the index you mean with --db or MUSIQD_DATABASE_URL"
-            )
+            raise missing_index(path)
         reader = SqliteReader(path)
         try:
             current = reader.revision()
