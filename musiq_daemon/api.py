@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +104,7 @@ class Scorer:
         policy: ResolutionPolicy | None = None,
         models_root: Path | None = None,
         max_pixels: int | None = None,
+        max_file_mb: Mapping[str, int] | None = None,
     ) -> None:
         catalogue = load_catalogue()
         self.installed: InstalledModel = load_installed(
@@ -112,6 +113,7 @@ class Scorer:
         spec = self.installed.spec
         self.policy = policy or ResolutionPolicy(spec.max_side)
         self.max_pixels = max_pixels
+        self.max_file_mb = max_file_mb
         self.engine: Engine = open_engine(
             self.installed.path, num_outputs=spec.head, device=device, threads=threads
         )
@@ -138,6 +140,8 @@ class Scorer:
         kwargs: dict[str, Any] = {"min_long_side": side}
         if self.max_pixels is not None:
             kwargs["max_pixels"] = self.max_pixels
+        if self.max_file_mb is not None:
+            kwargs["max_file_mb"] = self.max_file_mb
         return decode_image(Path(image), **kwargs)
 
     def patch(self, decoded: DecodedImage, path: str | None, decode_s: float = 0.0) -> Prepared:

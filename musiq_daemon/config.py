@@ -25,6 +25,11 @@ Where values come from, later ones winning:
 A ``[write.stars]`` table in the file replaces the built-in thresholds as a whole (what the file shows is
 what applies); ``MUSIQD_WRITE_STARS_<MODEL>`` and overrides change one model's entry.
 
+``max_file_mb`` is a table by format (``max_file_mb = {tiff = 2048}``, or ``max_file_mb.tiff = 2048``);
+each source changes only the formats it names, the others keep their limits
+(``MUSIQD_MAX_FILE_MB=tiff=2048,raw=1024``). A limit is never switched off: a file larger than any photo
+is refused before it is read.
+
 Every problem is a :class:`~musiq_daemon.errors.ConfigError` whose message is one line naming where the
 value came from and which key is wrong, e.g.
 ``config error: /etc/musiqd/config.toml: threads: must be at least 1 (got 0)``.
@@ -57,6 +62,12 @@ from musiq_daemon.metadata.safefile import TEMP_PREFIX
 #: The runtime's devices (musiq_daemon.runtime.DEVICES; a test checks they agree). Importing the runtime
 #: for these three words would load numpy into `musiqd status`.
 DEVICES: Final = ("auto", "cpu", "gpu")
+#: The largest file musiqd reads, in MB (1,000,000 bytes) by format: the decoder's
+#: musiq_daemon.decode.DEFAULT_MAX_FILE_MB, which explains each value (a test checks they agree).
+DEFAULT_MAX_FILE_MB: Final[Mapping[str, int]] = MappingProxyType(
+    {"jpeg": 256, "png": 512, "tiff": 1024, "webp": 256, "heif": 256, "avif": 256, "bmp": 1024, "gif": 256,
+     "raw": 512}
+)  # fmt: skip
 
 SYSTEM_CONFIG: Final = Path("/etc/musiqd/config.toml")
 _NO_OVERRIDES: Final[Mapping[str, object]] = MappingProxyType({})
@@ -112,6 +123,7 @@ class Config:
     workers: int = 1
     resolution: str | None = None  # "full" or "max_side=N"; None = each model's default
     max_pixels: int = 200_000_000
+    max_file_mb: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_FILE_MB))  # by format
     write: WritePolicy = field(default_factory=WritePolicy)
     rescan_interval: float = 3600.0  # seconds between reconciliation scans
     observer: str = "auto"  # auto | native | poll
@@ -196,6 +208,27 @@ def _int(minimum: int, maximum: int | None = None) -> Parser:
         return value
 
     return parse
+
+
+def _file_limits(value: object, cli: bool) -> dict[str, int]:
+    # Only the formats given: the loader merges them into the limits already in force.
+    if not isinstance(value, Mapping) or not value:
+        raise _BadValueError(
+            "must be a table of MB by format, e.g. {tiff = 2048}; formats: "
+            f"{', '.join(DEFAULT_MAX_FILE_MB)} (got {_show(value)})"
+        )
+    limits: dict[str, int] = {}
+    for fmt, mb in value.items():
+        if fmt not in DEFAULT_MAX_FILE_MB:
+            raise _BadValueError(
+                f"unknown format {_show(fmt)}{_suggest(str(fmt), DEFAULT_MAX_FILE_MB)}: choose from "
+                f"{', '.join(DEFAULT_MAX_FILE_MB)}"
+            )
+        try:
+            limits[fmt] = _int(1)(mb, cli)
+        except _BadValueError as exc:
+            raise _BadValueError(f"{fmt}: {exc}") from None
+    return limits
 
 
 def _seconds(value: object, cli: bool) -> float:
@@ -379,6 +412,16 @@ def _env_list(separator: str) -> EnvParser:
     return parse
 
 
+def _env_file_limits(text: str) -> object:
+    limits: dict[str, object] = {}
+    for part in text.split(","):
+        fmt, equals, mb = part.partition("=")
+        if not equals:
+            raise _BadValueError(f"must look like tiff=2048,raw=1024 (MB by format; got {_show(text)})")
+        limits[fmt.strip()] = _env_int(mb)
+    return limits
+
+
 def _env_floats(text: str) -> object:
     try:
         return [float(part) for part in text.split(",")]
@@ -394,6 +437,7 @@ class _Key:
     parse: Parser
     env: EnvParser
     optional: bool = False  # may be None: "none" or "off" in a file or the environment, or left out
+    merge: bool = False  # a table whose entries each source changes one by one
 
 
 _TOP: Final[dict[str, _Key]] = {
@@ -408,6 +452,7 @@ _TOP: Final[dict[str, _Key]] = {
     "workers": _Key(_int(1), _env_int),
     "resolution": _Key(_resolution, _env_str, optional=True),
     "max_pixels": _Key(_int(1), _env_int),
+    "max_file_mb": _Key(_file_limits, _env_file_limits, merge=True),
     "rescan_interval": _Key(_seconds, _env_float),
     "observer": _Key(_choice(lambda: OBSERVERS), _env_str),
     "poll_interval": _Key(_seconds, _env_float),
@@ -537,6 +582,8 @@ def _set(values: dict[str, Any], sources: dict[str, str], key: str, value: objec
     try:
         if spec.optional and value is None:
             values[key] = None
+        elif spec.merge:
+            values[key] = {**values[key], **spec.parse(value, source == COMMAND_LINE)}
         else:
             values[key] = spec.parse(value, source == COMMAND_LINE)
     except _BadValueError as exc:
@@ -721,6 +768,10 @@ def _toml_value(value: object) -> str:
         return _toml_string(os.fspath(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping) and all(
+        isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_-]+", k) for k in value
+    ):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML form for {value!r}")
 
 

@@ -33,20 +33,36 @@ Decisions that change scores (each recorded in the result):
   per 2x2 Bayer quad, the colour resolution the sensor really has), or a full demosaic when even half size
   is too small for ``min_long_side`` (``raw-demosaic``). ``min_long_side=None`` means half size for RAW.
 
-Memory: a NAS has 2-4 GB, so pixels are decoded once; a rotation makes one more copy.
+Memory: a NAS has 2-4 GB, so pixels are decoded once; a rotation makes one more copy. What a file may
+cost is bounded before it is read past its first 4 KB, whatever it says about itself:
+
+* A file larger than its format's limit (``max_file_mb``, :data:`DEFAULT_MAX_FILE_MB`) is refused. JPEG
+  data is read whole (and the metadata writer and the content hash read every format whole), so the
+  limit bounds those reads; the other decoders stream from the file.
+* A sparse file (mostly holes: ranges never written, which read as zeros and take no disk space) is
+  refused: every byte of a photo was written, and a valid JPEG followed by 3 GB of holes would otherwise
+  be read whole. See :func:`~musiq_daemon.metadata.safefile.sparse_stored_bytes`.
+* Data after the end of a JPEG's image is accepted: phones append motion-photo videos and cameras MPF
+  previews there, and libjpeg stops at the end of the image. A JPEG followed by garbage is therefore
+  decoded; the size limit bounds what that costs.
+* ``max_pixels`` is checked from the header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import re
 import stat
 import struct
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final, TypeVar
 
 import numpy as np
@@ -56,6 +72,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from musiq_daemon.errors import DecodeError
+from musiq_daemon.metadata.safefile import sparse_stored_bytes
 from musiq_daemon.native_log import capture_native_stderr
 
 U8 = npt.NDArray[np.uint8]
@@ -64,9 +81,28 @@ _Item = TypeVar("_Item", bound=np.generic)
 # 200 MP: above the largest single-shot camera sensors (about 150 MP) with room for multi-shot composites
 # and stitched panoramas, while its decoded RGB (600 MB) still fits next to the model on a 2-4 GB NAS.
 # Beyond it a file is a huge panorama or a decompression bomb (a few KB of PNG can declare billions of
-# pixels); both are refused before any pixel is decoded. Formats decoded through Pillow also meet Pillow's
-# own guard (2 x PIL.Image.MAX_IMAGE_PIXELS, about 179 MP by default), which stays in force.
+# pixels); both are refused before any pixel is decoded. This limit is the one that speaks: Pillow's own
+# guard (PIL.Image.MAX_IMAGE_PIXELS, 89 MP by default, an error above twice that) is raised to it when
+# lower (see _pillow_guard), never lowered.
 DEFAULT_MAX_PIXELS: Final = 200_000_000
+
+# The largest file read, in MB (1 MB = 1,000,000 bytes), by format (the keys of the max_file_mb setting:
+# RAW for every camera RAW, DNG included). A larger file is refused before anything past its first 4 KB
+# is read. Memory is why: a JPEG is read whole to be decoded, and writing a score reads a photo whole
+# and holds about three copies of it, on a NAS with 2-4 GB. Each limit sits above the largest real photo
+# of its kind at max_pixels (200 MP):
+# * jpeg 256: 200 MP at quality 100 is about 150 MB; phones append motion-photo videos after the image,
+#   cameras MPF previews.
+# * png 512: lossless, so photos compress little; 200 MP of 8-bit RGB is 600 MB raw, about 400 MB as PNG.
+# * tiff 1024: often uncompressed; 200 MP of 8-bit RGB is 600 MB, and 16-bit RGB fits up to 170 MP.
+# * bmp 1024: uncompressed; 200 MP at 32 bits a pixel is 800 MB.
+# * webp, heif, avif, gif 256: compressed like JPEG or better (WebP cannot exceed 16383 x 16383).
+# * raw 512: the largest camera RAWs (150 MP medium format, 16-bit) are about 300 MB.
+DEFAULT_MAX_FILE_MB: Final[Mapping[str, int]] = MappingProxyType(
+    {"jpeg": 256, "png": 512, "tiff": 1024, "webp": 256, "heif": 256, "avif": 256, "bmp": 1024, "gif": 256,
+     "raw": 512}
+)  # fmt: skip
+_MB: Final = 1_000_000
 
 RAW_SUFFIXES: Final = frozenset(
     {
@@ -110,14 +146,17 @@ def decode_image(
     apply_orientation: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    max_file_mb: Mapping[str, int] | None = None,
 ) -> DecodedImage:
     """Decode a photo file (or its bytes) to RGB uint8.
 
     ``min_long_side``: the caller will shrink the image so that its long side becomes this; the decoder may
     then return a smaller image whose long side is still at least ``min_long_side`` (or the whole image
     when that is smaller). ``None`` returns full resolution (half size for camera RAW, see the module doc).
-    ``max_pixels``: refuse larger images before decoding their pixels. ``name`` labels ``bytes`` input in
-    error messages. Every failure is a one-line :class:`DecodeError` naming the file.
+    ``max_pixels``: refuse larger images before decoding their pixels. ``max_file_mb``: the largest file
+    by format (see :data:`DEFAULT_MAX_FILE_MB`, which fills in formats it leaves out); sparse files are
+    refused too. ``name`` labels ``bytes`` input in error messages. Every failure is a one-line
+    :class:`DecodeError` naming the file.
     """
     if min_long_side is not None and min_long_side < 1:
         raise ValueError(f"min_long_side must be positive, got {min_long_side}")
@@ -126,7 +165,7 @@ def decode_image(
     label = display_name(
         name if name is not None else str(source) if isinstance(source, Path) else "<image data>"
     )
-    head = read_head(source, label)
+    head = read_head(source, label, max_file_mb=max_file_mb)
     suffix = source.suffix if isinstance(source, Path) else ""
     fmt = sniff_format(head, suffix)
     if fmt is None:
@@ -136,7 +175,7 @@ def decode_image(
     request = DecodeRequest(label, min_long_side, apply_orientation, max_pixels)
     try:
         if fmt == "JPEG":
-            return _decode_jpeg_file(_read_all(source, label), request)
+            return _decode_jpeg_file(_read_all(source, label, fmt, max_file_mb), request)
         if fmt.startswith("RAW:"):
             return _decode_raw(source, fmt, request)
         return _decode_with_pillow(source, fmt, request)
@@ -315,13 +354,18 @@ def read_error(exc: OSError, label: str) -> DecodeError:
     return DecodeError(f"{label}: cannot read the file: {one_line(exc.strerror or str(exc))}")
 
 
-def read_head(source: Path | bytes, label: str) -> bytes:
+def read_head(source: Path | bytes, label: str, *, max_file_mb: Mapping[str, int] | None = None) -> bytes:
     """The first bytes of a photo, enough for :func:`sniff_format`. Directories, FIFOs, devices and empty
-    files are refused with a one-line :class:`DecodeError`, without reading them."""
+    files are refused with a one-line :class:`DecodeError`, without reading them; sparse files and files
+    larger than their format's limit (see :func:`check_file`) after reading only these bytes."""
     if isinstance(source, bytes):
         if not source:
             raise DecodeError(f"{label}: no image data (0 bytes)")
-        return source[:_HEAD_BYTES]
+        head = source[:_HEAD_BYTES]
+        fmt = sniff_format(head, "")
+        if fmt is not None:
+            check_file_size(len(source), fmt, label, max_file_mb)
+        return head
     try:
         info = source.stat()
         if stat.S_ISDIR(info.st_mode):
@@ -331,18 +375,93 @@ def read_head(source: Path | bytes, label: str) -> bytes:
         if info.st_size == 0:
             raise DecodeError(f"{label}: file is empty (0 bytes); it may still be being copied")
         with source.open("rb") as f:
-            return f.read(_HEAD_BYTES)
+            head = f.read(_HEAD_BYTES)
+            check_file(f.fileno(), os.fstat(f.fileno()), head, source.suffix, label, max_file_mb)
+            return head
     except OSError as exc:
         raise read_error(exc, label) from None
 
 
-def _read_all(source: Path | bytes, label: str) -> bytes:
+def check_file(
+    fd: int,
+    info: os.stat_result,
+    head: bytes,
+    suffix: str,
+    label: str,
+    max_file_mb: Mapping[str, int] | None = None,
+) -> int | None:
+    """Refuse a photo file before it is read past ``head`` (its first bytes; ``fd`` the open file, ``info``
+    its stat, ``suffix`` its name's): one that is sparse, or larger than its format's limit, raises a
+    one-line :class:`DecodeError`. Returns that limit in bytes (None when ``head`` is no format musiqd
+    reads: the caller refuses it in its own words)."""
+    stored = sparse_stored_bytes(fd, info)
+    if stored is not None:
+        on_disk, length = file_size_text(stored), file_size_text(info.st_size)
+        raise DecodeError(
+            f"{label}: file is sparse ({on_disk} on disk, {length} long): "
+            "not a photo (every byte of a photo is written); if it is one, copy it without holes "
+            "(cp --sparse=never)"
+        )
+    fmt = sniff_format(head, suffix)
+    if fmt is None:
+        return None
+    check_file_size(info.st_size, fmt, label, max_file_mb)
+    return max_file_bytes(fmt, max_file_mb)
+
+
+def file_size_text(size: int) -> str:
+    """A file size for a message: ``112 KB``, ``12.5 MB``, ``3.2 GB`` (powers of 1000, like the setting)."""
+    if size < _MB:
+        return f"{-(-size // 1000)} KB"
+    if size < 1000 * _MB:
+        return f"{size / _MB:.1f} MB"
+    return f"{size / (1000 * _MB):.1f} GB"
+
+
+def file_limit_key(fmt: str) -> str:
+    """The ``max_file_mb`` key of a :attr:`DecodedImage.format` (``RAW:CR2`` -> ``raw``)."""
+    return "raw" if fmt.startswith("RAW:") else fmt.lower()
+
+
+def max_file_bytes(fmt: str, max_file_mb: Mapping[str, int] | None = None) -> int:
+    """The largest file of format ``fmt`` musiqd reads, in bytes (``max_file_mb`` by format key, the
+    defaults for the formats it leaves out)."""
+    key = file_limit_key(fmt)
+    limits = DEFAULT_MAX_FILE_MB if max_file_mb is None else max_file_mb
+    return limits.get(key, DEFAULT_MAX_FILE_MB.get(key, max(DEFAULT_MAX_FILE_MB.values()))) * _MB
+
+
+def check_file_size(size: int, fmt: str, label: str, max_file_mb: Mapping[str, int] | None = None) -> None:
+    """Raise a one-line :class:`DecodeError` when ``size`` bytes is more than format ``fmt`` may have."""
+    limit = max_file_bytes(fmt, max_file_mb)
+    if size > limit:
+        key = file_limit_key(fmt)
+        raise DecodeError(
+            f"{label}: file is {file_size_text(size)}, more than max_file_mb.{key}={limit // _MB} allows; "
+            f"raise the max_file_mb setting for {key} to read it"
+        )
+
+
+def _read_all(source: Path | bytes, label: str, fmt: str, max_file_mb: Mapping[str, int] | None) -> bytes:
+    """The whole file, read only as far as the limit for ``fmt`` (also when it grew since it was
+    checked)."""
     if isinstance(source, bytes):
         return source
+    limit = max_file_bytes(fmt, max_file_mb)
     try:
-        return source.read_bytes()
+        with source.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, limit) + 1)  # one byte more tells a file longer than it was
+            if size < len(data) <= limit:  # it grew meanwhile: read on, still within the limit
+                data += f.read(limit + 1 - len(data))
     except OSError as exc:
         raise read_error(exc, label) from None
+    if len(data) > limit:
+        raise DecodeError(
+            f"{label}: file grew while it was read, past the max_file_mb.{file_limit_key(fmt)}="
+            f"{limit // _MB} limit; it may still be being written"
+        )
+    return data
 
 
 def _check_pixels(width: int, height: int, request: DecodeRequest) -> None:
@@ -595,7 +714,7 @@ def _jpeg_pixels_pillow(
     if not _jpeg_complete(data):
         raise DecodeError(f"{label}: {_TRUNCATED_JPEG}")
     try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+        with _pillow_guard(request.max_pixels), Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
             width, height = image.size
             _check_pixels(width, height, request)
             numerator = _dct_scale(width, height, request.min_long_side)
@@ -613,6 +732,8 @@ def _jpeg_pixels_pillow(
         raise
     except UnidentifiedImageError:
         raise DecodeError(f"{label}: corrupt JPEG header") from None
+    except Image.DecompressionBombError as exc:
+        raise _pillow_bomb_error(exc, request) from None
     except Exception as exc:  # Pillow's plugins raise assorted types on bad data; this is the boundary
         raise DecodeError(f"{label}: corrupt or unsupported JPEG data: {one_line(exc)}") from None
     scale = Fraction(pixels.shape[1], width) if pixels.shape[1] != width else None
@@ -656,6 +777,63 @@ def _register_heif() -> None:
 
             pillow_heif.register_heif_opener()
             _heif_registered = True
+
+
+_pillow_guard_lock = threading.Lock()
+_pillow_guard_users = 0
+_pillow_guard_quiet: warnings.catch_warnings[None] | None = None
+# Pillow's own guard: "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb ..."
+_PILLOW_BOMB_PIXELS: Final = re.compile(r"\((\d+) pixels\)")
+
+
+@contextlib.contextmanager
+def _pillow_guard(max_pixels: int) -> Iterator[None]:
+    """Pillow as musiq uses it: ``max_pixels`` is the size limit that speaks, and Pillow's warnings stay
+    off stderr.
+
+    Pillow has a guard of its own, ``PIL.Image.MAX_IMAGE_PIXELS``: a ``DecompressionBombWarning`` above it
+    and a ``DecompressionBombError`` above twice it, both raised while the header is read, before musiq
+    sees the size. It is raised to ``max_pixels`` when lower (never lowered, and left off when someone
+    switched it off), so that an image musiq accepts always opens, and Pillow's error, when it still comes
+    first, means more than ``max_pixels`` (:func:`_pillow_bomb_error`). The setting is process-wide;
+    it only ever grows to a limit that musiq enforces itself.
+
+    Warnings (the bomb warning, and ``UserWarning``s about odd metadata) are ignored while Pillow works,
+    and only those raised by Pillow's modules (``PIL``, ``pillow_heif``). ``warnings.catch_warnings``
+    changes process-wide state (until Python 3.14): two blocks that overlap in two threads restore each
+    other's filters in the wrong order, which can leave warnings silenced for good. So one block serves
+    every decode in flight: the first in enters it, the last out leaves it.
+    """
+    global _pillow_guard_users, _pillow_guard_quiet
+    with _pillow_guard_lock:
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        if pillow_limit is not None and pillow_limit < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        if _pillow_guard_users == 0:
+            quiet = warnings.catch_warnings()
+            quiet.__enter__()
+            warnings.filterwarnings("ignore", module=r"(PIL|pillow_heif)(\.|$)")
+            _pillow_guard_quiet = quiet
+        _pillow_guard_users += 1
+    try:
+        yield
+    finally:
+        with _pillow_guard_lock:
+            _pillow_guard_users -= 1
+            if _pillow_guard_users == 0 and _pillow_guard_quiet is not None:
+                _pillow_guard_quiet.__exit__(None, None, None)
+                _pillow_guard_quiet = None
+
+
+def _pillow_bomb_error(exc: Exception, request: DecodeRequest) -> DecodeError:
+    """musiq's message for an image Pillow's own guard refused: with the limit raised to ``max_pixels``
+    (:func:`_pillow_guard`), that guard only fires for more than twice ``max_pixels``."""
+    found = _PILLOW_BOMB_PIXELS.search(str(exc))
+    size = f"{int(found[1]) / 1e6:.1f} megapixels" if found else "more pixels than Pillow opens"
+    return DecodeError(
+        f"{request.label}: image has {size}, more than max_pixels={request.max_pixels:_} allows; "
+        "raise the max_pixels setting to decode it"
+    )
 
 
 def _pil_orientation(image: Image.Image) -> tuple[int, bool]:
@@ -708,7 +886,7 @@ def _decode_with_pillow(source: Path | bytes, fmt: str, request: DecodeRequest) 
         _register_heif()
     stream = source if isinstance(source, Path) else io.BytesIO(source)
     try:
-        with Image.open(stream, formats=[fmt]) as image:
+        with _pillow_guard(request.max_pixels), Image.open(stream, formats=[fmt]) as image:
             raw_fmt = _raw_tiff_format(image) if fmt == "TIFF" else None
             if raw_fmt is not None:
                 return _decode_raw(source, raw_fmt, request)
@@ -728,10 +906,7 @@ def _decode_with_pillow(source: Path | bytes, fmt: str, request: DecodeRequest) 
     except UnidentifiedImageError:
         raise DecodeError(f"{label}: corrupt {fmt} data (the header is not valid {fmt})") from None
     except Image.DecompressionBombError as exc:
-        raise DecodeError(
-            f"{label}: refused by Pillow's decompression-bomb guard ({one_line(exc)}); "
-            "PIL.Image.MAX_IMAGE_PIXELS sets that limit"
-        ) from None
+        raise _pillow_bomb_error(exc, request) from None
     except OSError as exc:
         if isinstance(source, Path) and exc.filename is not None:
             raise read_error(exc, label) from None

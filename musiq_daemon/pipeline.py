@@ -208,7 +208,8 @@ class Pipeline:
             with self.db.session() as session:
                 known = last_rating_written(session, path, policy.rating_model, roots=self.roots)
         try:
-            return write_scores(path, records, policy, known_rating=known), None
+            limits = next(iter(self.scorers.values())).max_file_mb  # one configuration built them all
+            return write_scores(path, records, policy, known_rating=known, max_file_mb=limits), None
         except MusiqError as exc:
             return None, exc
 
@@ -225,6 +226,7 @@ def build_scorers(config: Config) -> dict[str, Scorer]:
             threads=config.threads,
             policy=policy,
             max_pixels=config.max_pixels,
+            max_file_mb=config.max_file_mb,
         )
         for model in config.models
     }

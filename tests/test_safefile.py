@@ -567,3 +567,62 @@ def test_kill_at_random_moments_never_damages_a_file(tmp_path: Path) -> None:
         assert sorted(cleanup_stale_temps(photos)) == left
         assert temps(photos) == []
     print(f"crash test: {kills} kills, {mid_write} mid-write, {rewrites} version changes seen, seed {seed}")
+
+
+# --- sparse and oversized files ----------------------------------------------------------------------------
+
+
+def sparse_file(path: Path, data: bytes, length: int) -> Path:
+    """``data`` followed by a hole up to ``length`` bytes (skips where the file system stores no holes)."""
+    path.write_bytes(data)
+    os.truncate(path, length)
+    if path.stat().st_blocks * 512 * 2 >= length:
+        pytest.skip("this file system does not keep holes")
+    return path
+
+
+def test_sparse_files_are_neither_read_nor_rewritten(tmp_path: Path) -> None:
+    photo = sparse_file(tmp_path / "holes.jpg", jpeg_bytes(64, 48), 40_000_000)
+    before = photo.stat()
+    with pytest.raises(WriteError) as caught:
+        read_snapshot(photo)
+    message = one_line(caught.value)
+    assert message.startswith(f"{photo} is sparse (") and "KB on disk, 40.0 MB long)" in message
+    assert "does not rewrite sparse files" in message and "nothing was written" in message
+    # The replacement would store the holes as data: refused before anything is written.
+    with pytest.raises(WriteError, match="sparse"):
+        atomic_replace(photo, b"new", expected=FileSignature.of(photo))
+    after = photo.stat()
+    assert (after.st_ino, after.st_size, after.st_blocks, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_blocks,
+        before.st_mtime_ns,
+    )
+    assert temps(tmp_path) == []
+
+
+def test_sparse_stored_bytes(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    photo = sparse_file(tmp_path / "holes.jpg", data, 30_000_000)
+    with photo.open("rb") as f:
+        f.seek(1234)
+        stored = safefile.sparse_stored_bytes(f.fileno(), os.fstat(f.fileno()))
+        assert f.tell() == 1234  # the offset is kept
+    assert stored is not None and len(data) <= stored < 2_000_000
+    # Short files never count as sparse, nor do files without holes.
+    small = sparse_file(tmp_path / "small.jpg", data, safefile.SPARSE_MIN_BYTES - 1)
+    full = tmp_path / "full.jpg"
+    full.write_bytes(data * 40)
+    for path in (small, full):
+        with path.open("rb") as f:
+            assert safefile.sparse_stored_bytes(f.fileno(), os.fstat(f.fileno())) is None
+    assert read_snapshot(small)[0][: len(data)] == data
+
+
+def test_read_snapshot_reads_at_most_max_bytes(photo: Path) -> None:
+    size = photo.stat().st_size
+    assert read_snapshot(photo, max_bytes=size)[0] == photo.read_bytes()
+    with pytest.raises(WriteError) as caught:
+        read_snapshot(photo, max_bytes=size - 1)
+    assert "more than the" in one_line(caught.value) and "nothing was written" in one_line(caught.value)

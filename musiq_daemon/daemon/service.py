@@ -77,8 +77,8 @@ WORKER_POLL_S: Final = 2.0
 # Fields whose change needs new watchers (and a rescan), new workers, or a restart.
 _WATCH_FIELDS: Final = ("roots", "include", "exclude", "observer", "poll_interval")
 _WORKER_FIELDS: Final = (
-    "models", "variant", "device", "threads", "workers", "resolution", "max_pixels", "write", "retries",
-    "retry_backoff",
+    "models", "variant", "device", "threads", "workers", "resolution", "max_pixels", "max_file_mb", "write",
+    "retries", "retry_backoff",
 )  # fmt: skip
 _RESTART_FIELDS: Final = ("database", "nice", "ioclass")
 

@@ -332,7 +332,10 @@ class Worker:
                 with self.db.session() as session:
                     model = self.write_policy.rating_model
                     known = last_rating_written(session, job.path, model, roots=[job.root])
-            written = write_scores(job.path, records, self.write_policy, known_rating=known)
+            limits = next(iter(self.scorers.values())).max_file_mb  # one configuration built them all
+            written = write_scores(
+                job.path, records, self.write_policy, known_rating=known, max_file_mb=limits
+            )
             for line in written.notes:
                 log.warning("%s", line)
             return written, "; ".join(written.notes) or None

@@ -4,7 +4,8 @@ Metadata libraries write in place (open with truncation): a crash, a full disk o
 leaves a truncated photo. Here a file is changed in three steps instead:
 
 1. :func:`read_snapshot` reads the whole file and its :class:`FileSignature` (device, inode, size,
-   modification time), and makes sure nobody wrote to it while it was being read.
+   modification time), and makes sure nobody wrote to it while it was being read. The read is bounded:
+   by the size the file had when it was opened, and by the caller's ``max_bytes``.
 2. The caller builds the new bytes in memory and verifies them.
 3. :func:`atomic_replace` writes them to a temporary file in the same directory (``TEMP_PREFIX`` + name +
    random suffix, mode 0600 while being written), flushes it to disk, gives it the original's permissions,
@@ -36,6 +37,13 @@ Decisions:
   without hard links (FAT/exFAT, some SMB servers) the fallback is an existence check followed by a rename,
   which leaves a window of microseconds in which a file created by another program could be replaced.
 
+* Sparse files are refused, never read or replaced (:func:`sparse_stored_bytes`). A photo has no holes:
+  every byte of it was written. A file that is mostly holes (a valid JPEG followed by gigabytes never
+  written: 100 KB on disk, 3 GB long) would cost its full length in memory, and its copy would store the
+  holes as data: the rewrite of a 100 KB file would fill 3 GB of disk. Copying the holes as holes instead
+  was rejected: such a file is no photo worth writing into, and a hole-preserving copy needs a second,
+  file-system dependent copy path for nothing else.
+
 Limits, inherent to POSIX files: between the last check of the signature and the rename there remains a
 window of microseconds in which another program's write would be lost (its data goes to the replaced
 inode); a program that keeps the file open and writes later also writes to the replaced inode. A change
@@ -57,6 +65,7 @@ from typing import Final
 from musiq_daemon.errors import DiskFullError, FileChangedError, ReadOnlyError, WriteError
 
 __all__ = [
+    "SPARSE_MIN_BYTES",
     "TEMP_PREFIX",
     "DiskFullError",
     "FileChangedError",
@@ -66,6 +75,7 @@ __all__ = [
     "atomic_replace",
     "cleanup_stale_temps",
     "read_snapshot",
+    "sparse_stored_bytes",
 ]
 
 # Hidden (a leading dot) and ending in a random suffix rather than the photo's extension, so that photo
@@ -81,6 +91,11 @@ _REQUIRED_XATTRS: Final = ("user.", "system.posix_acl_access")
 _NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV})
 _READ_ONLY: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Files shorter than this are never called sparse: file systems allocate whole blocks and keep tiny files
+# inline (so the allocation says little about them), and reading a few MB threatens nothing.
+SPARSE_MIN_BYTES: Final = 8_000_000
+_MAX_EXTENTS: Final = 10_000  # data ranges walked to measure a sparse file; the rest counts as data
+_READ_CHUNK: Final = 1 << 30  # one read(2) returns at most about 2 GiB on Linux
 
 
 @dataclass(frozen=True)
@@ -105,13 +120,13 @@ class FileSignature:
         return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def read_snapshot(path: Path) -> tuple[bytes, FileSignature]:
+def read_snapshot(path: Path, *, max_bytes: int | None = None) -> tuple[bytes, FileSignature]:
     """The whole content of ``path`` and the signature of exactly that version.
 
     The signature is taken before and after reading, and the path must still name the file that was read;
     a file being written meanwhile is read again (up to 3 times, 0.2 s apart), then
-    :class:`FileChangedError`. Symbolic links and non-regular files raise :class:`WriteError` (this is the
-    read half of a write).
+    :class:`FileChangedError`. Symbolic links, non-regular files, sparse files and files longer than
+    ``max_bytes`` raise :class:`WriteError` without being read (this is the read half of a write).
     """
     label = _label(path)
     for attempt in range(_READ_ATTEMPTS):
@@ -126,8 +141,15 @@ def read_snapshot(path: Path) -> tuple[bytes, FileSignature]:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise WriteError(f"{label} is not a regular file; musiqd only writes regular files")
-            with open(fd, "rb", buffering=0, closefd=False) as stream:
-                data = stream.readall()
+            _refuse_sparse(fd, before, label)
+            if max_bytes is not None and before.st_size > max_bytes:
+                raise WriteError(
+                    f"{label} is {_mb(before.st_size)} long, more than the {_mb(max_bytes)} musiqd reads "
+                    "of it; nothing was written"
+                )
+            # One byte more than the size at opening: a file that grows meanwhile is noticed below without
+            # reading all of it.
+            data = _read_up_to(fd, before.st_size + 1)
             after = FileSignature.from_stat(os.fstat(fd))
             at_path = FileSignature.of(path)
         except OSError as exc:
@@ -149,13 +171,16 @@ def atomic_replace(
     creates a new file and raises :class:`FileChangedError` if one exists. ``preserve_mtime`` keeps the
     original's access and modification times (ignored when creating). Errors: :class:`ReadOnlyError`,
     :class:`DiskFullError`, :class:`FileChangedError`, :class:`WriteError`; in every case the original is
-    unchanged and no temporary file is left behind.
+    unchanged and no temporary file is left behind. A sparse original is refused (:class:`WriteError`):
+    its replacement would store its holes as data.
     """
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise ValueError(f"not a file path: {path!s}")
     label = _label(path)
     original = _check_current(path, expected, label)
+    if original is not None:
+        _refuse_sparse_path(path, original, label)
     temp, fd = _create_temp(path, label)
     try:
         try:
@@ -201,6 +226,27 @@ def atomic_replace(
         if (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino):
             return FileSignature.from_stat(now)
     return FileSignature.from_stat(written)
+
+
+def sparse_stored_bytes(fd: int, info: os.stat_result) -> int | None:
+    """The bytes of the open regular file ``fd`` (``info`` its stat) that hold data, when the file is
+    sparse: at least :data:`SPARSE_MIN_BYTES` long and more than half of it holes (ranges never written,
+    which read as zeros and take no disk space). None for every other file. The file offset is kept.
+
+    The allocation (``st_blocks``) is only the first clue: file systems that compress (ZFS, btrfs with
+    compression) store a compressible file in fewer blocks than its length without any hole. A file that
+    looks short on disk is measured with ``SEEK_DATA``/``SEEK_HOLE``, which report holes only. A file
+    system that reports no allocation at all (``st_blocks`` 0: some FUSE and network file systems) is not
+    second-guessed.
+    """
+    size = info.st_size
+    blocks = getattr(info, "st_blocks", 0)
+    if size < SPARSE_MIN_BYTES or blocks <= 0 or blocks * 512 * 2 >= size:
+        return None
+    stored = _data_bytes(fd, size)
+    if stored is None:  # no SEEK_DATA here: the allocation is all there is to go by
+        stored = blocks * 512
+    return stored if stored * 2 < size else None
 
 
 def cleanup_stale_temps(directory: Path, *, recursive: bool = False) -> list[Path]:
@@ -263,6 +309,71 @@ def _check_current(path: Path, expected: FileSignature | None, label: str) -> os
     if FileSignature.from_stat(info) != expected:
         raise FileChangedError(f"{label} changed while musiqd was writing it; it will be retried")
     return info
+
+
+def _refuse_sparse(fd: int, info: os.stat_result, label: str) -> None:
+    stored = sparse_stored_bytes(fd, info)
+    if stored is not None:
+        raise WriteError(
+            f"{label} is sparse ({_mb(stored)} on disk, {_mb(info.st_size)} long): musiqd does not rewrite "
+            "sparse files (a copy would store their holes as data); nothing was written"
+        )
+
+
+def _refuse_sparse_path(path: Path, info: os.stat_result, label: str) -> None:
+    """:func:`_refuse_sparse` for the original about to be replaced (``info`` its lstat)."""
+    if info.st_size < SPARSE_MIN_BYTES or info.st_blocks * 512 * 2 >= info.st_size:
+        return  # the common case decided without opening the file
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return  # unreadable now: the replace step reports what is wrong
+    try:
+        _refuse_sparse(fd, os.fstat(fd), label)
+    finally:
+        os.close(fd)
+
+
+def _data_bytes(fd: int, size: int) -> int | None:
+    """The bytes of the first ``size`` of ``fd`` that are not holes; None when the system cannot tell."""
+    seek_data, seek_hole = getattr(os, "SEEK_DATA", None), getattr(os, "SEEK_HOLE", None)
+    if seek_data is None or seek_hole is None:
+        return None
+    offset = os.lseek(fd, 0, os.SEEK_CUR)
+    stored = pos = 0
+    try:
+        for _ in range(_MAX_EXTENTS):
+            if pos >= size:
+                break
+            try:
+                start = os.lseek(fd, pos, seek_data)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # nothing but a hole after pos
+                    break
+                return None
+            end = os.lseek(fd, start, seek_hole)
+            stored += max(0, min(end, size) - start)
+            pos = end
+        else:
+            stored += max(0, size - pos)  # too fragmented to walk: the rest counts as data
+    except OSError:
+        return None
+    finally:
+        os.lseek(fd, offset, os.SEEK_SET)
+    return stored
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``fd`` from its offset: fewer at the end of the file."""
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, _READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)  # a single chunk is returned as it is, not copied
 
 
 def _create_temp(path: Path, label: str) -> tuple[Path, int]:
@@ -405,6 +516,15 @@ def _label(path: Path) -> str:
     """The path for a one-line message (names may contain newlines or undecodable bytes). Kept here rather
     than imported from the decoder, so that writing files does not load the imaging libraries."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(path))
+
+
+def _mb(size: int) -> str:
+    """A file size for a message (as the decoder writes them: powers of 1000)."""
+    if size < 1_000_000:
+        return f"{-(-size // 1000)} KB"
+    if size < 1_000_000_000:
+        return f"{size / 1e6:.1f} MB"
+    return f"{size / 1e9:.1f} GB"
 
 
 def _strerror(exc: OSError) -> str:

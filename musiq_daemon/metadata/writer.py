@@ -67,6 +67,13 @@ Every file is read with :func:`~musiq_daemon.metadata.safefile.read_snapshot`, c
 metadata library never opens a file) and written with :func:`~musiq_daemon.metadata.safefile.atomic_replace`
 only after verification.
 
+Before a photo is read, the checks the decoder makes (:func:`musiq_daemon.decode.check_file`) refuse it
+when it is sparse or larger than its format's limit (``max_file_mb``), with the decoder's one-line
+:class:`~musiq_daemon.errors.DecodeError`: a write reads the photo whole and holds about three copies of
+it. Sparse files are refused, not copied hole for hole: a photo has no holes, so a file made mostly of
+them (a valid JPEG followed by gigabytes never written) is no photo to write into, and rewriting it would
+turn 100 KB on disk into gigabytes. Sidecars larger than any real one (64 MB) are refused the same way.
+
 JPEG, PNG and WebP: only the XMP is replaced (:mod:`musiq_daemon.metadata.containers`); EXIF, maker
 notes, every IPTC block, ICC profiles and everything else stay byte-identical, and EXIF rating mirrors
 are patched where they stand. XMP that the toolkit refuses is first repaired where that is provably
@@ -96,6 +103,7 @@ import html
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,7 +115,7 @@ import exiv2
 from musiq_daemon import native_log
 
 # The decoder's name formatting is shared so that every message shows a path the same way.
-from musiq_daemon.decode import display_name, sniff_format
+from musiq_daemon.decode import check_file, display_name, file_size_text, sniff_format
 from musiq_daemon.errors import DecodeError, ReadOnlyError, UsageError, WriteError
 from musiq_daemon.metadata import containers, packet
 from musiq_daemon.metadata import xmp as ours
@@ -128,6 +136,9 @@ Target = Literal["embedded", "sidecar", "none"]
 
 EMBEDDABLE_FORMATS: Final = frozenset({"JPEG", "PNG", "TIFF", "WEBP"})
 _HEAD_BYTES: Final = 4096
+# Lightroom's sidecars with masks and long develop histories reach a few MB; the XMP toolkit needs several
+# times a packet's size to parse it.
+_MAX_SIDECAR_BYTES: Final = 64_000_000
 # A packet with an empty description: what a new sidecar starts from.
 _NEW_SIDECAR: Final = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -187,10 +198,13 @@ def write_score(
     *,
     scored_at: str | None = None,
     known_rating: int | None = None,
+    max_file_mb: Mapping[str, int] | None = None,
 ) -> WriteResult:
     """Write ``record`` (one model's score of the photo at ``path``) by ``policy``: :func:`write_scores`
     with one record."""
-    return write_scores(path, [record], policy, scored_at=scored_at, known_rating=known_rating)
+    return write_scores(
+        path, [record], policy, scored_at=scored_at, known_rating=known_rating, max_file_mb=max_file_mb
+    )
 
 
 def write_scores(
@@ -200,15 +214,18 @@ def write_scores(
     *,
     scored_at: str | None = None,
     known_rating: int | None = None,
+    max_file_mb: Mapping[str, int] | None = None,
 ) -> WriteResult:
     """Write ``records`` (one per model, of the photo at ``path``) by ``policy``, in one write: the file is
     read, changed and replaced once whatever the number of models.
 
     ``scored_at`` (ISO 8601 with zone) defaults to each record's own, else now. ``known_rating``: the stars
     the index says musiqd wrote for this photo last time (they stay musiqd's after a photo manager rewrote
-    a sidecar without musiqd's record of them). Errors are :class:`~musiq_daemon.errors.MusiqError` with a
-    one-line message, and the photo (and any sidecar) is then unchanged:
-    :class:`~musiq_daemon.errors.DecodeError` for a corrupt or unsupported file or an unparseable sidecar,
+    a sidecar without musiqd's record of them). ``max_file_mb``: the largest photo by format, as for the
+    decoder (:data:`musiq_daemon.decode.DEFAULT_MAX_FILE_MB` by default). Errors are
+    :class:`~musiq_daemon.errors.MusiqError` with a one-line message, and the photo (and any sidecar) is
+    then unchanged: :class:`~musiq_daemon.errors.DecodeError` for a corrupt, unsupported, sparse or
+    oversized file or an unparseable or oversized sidecar,
     :class:`~musiq_daemon.errors.ReadOnlyError`, :class:`~musiq_daemon.errors.DiskFullError`,
     :class:`~musiq_daemon.errors.FileChangedError` (another program wrote meanwhile: retry later) and
     :class:`~musiq_daemon.errors.WriteError`.
@@ -222,7 +239,8 @@ def write_scores(
     model_ids = [ours.check_model_id(r.model_id) for r in records]
     label = display_name(str(path))
 
-    data, signature = read_snapshot(path)
+    max_bytes = _photo_limit(path, label, max_file_mb)
+    data, signature = read_snapshot(path, max_bytes=max_bytes)
     fmt = sniff_format(data[:_HEAD_BYTES], path.suffix)
     if fmt is None:
         raise DecodeError(f"{label}: not a supported photo format; musiqd writes nothing into it")
@@ -279,6 +297,30 @@ def write_scores(
         notes=tuple(notes),
         rating_model=next((m.score.model_id for m in plan.models if m.rating_stars is not None), None),
     )
+
+
+def _photo_limit(path: Path, label: str, max_file_mb: Mapping[str, int] | None) -> int | None:
+    """The most bytes :func:`read_snapshot` may read of the photo at ``path``, after refusing, unread, a
+    photo the decoder would refuse too: sparse, larger than its format's limit, or no supported format
+    (:class:`DecodeError`). A file that cannot be opened is left to :func:`read_snapshot`, which words
+    that as a writer does (symbolic links, files gone, permissions)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        head = os.pread(fd, _HEAD_BYTES, 0)
+        limit = check_file(fd, info, head, path.suffix, label, max_file_mb)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if limit is None:
+        raise DecodeError(f"{label}: not a supported photo format; musiqd writes nothing into it")
+    return limit
 
 
 def _log_native(messages: list[native_log.NativeMessage], label: str) -> None:
@@ -486,7 +528,15 @@ def _exif_int(exif: Any, key: str) -> int | None:
 def _write_sidecar(path: Path, exists: bool, plan: _Plan, embedded: _Embedded) -> WrittenFile:
     label = display_name(str(path))
     if exists:
-        data, signature = read_snapshot(path)
+        with contextlib.suppress(OSError):  # a sidecar that cannot be read: read_snapshot says why
+            size = path.stat().st_size
+            if size > _MAX_SIDECAR_BYTES:
+                raise DecodeError(
+                    f"{label}: XMP sidecar is {file_size_text(size)}, larger than any real one "
+                    f"({file_size_text(_MAX_SIDECAR_BYTES)}); musiqd leaves it alone (move it away, or use "
+                    "write mode 'index-only')"
+                )
+        data, signature = read_snapshot(path, max_bytes=_MAX_SIDECAR_BYTES)
     else:
         data, signature = _NEW_SIDECAR, None
     try:
