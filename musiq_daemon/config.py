@@ -43,7 +43,8 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
@@ -564,13 +565,54 @@ def load_config_with_sources(
     Sources are keyed by dotted key (``threads``, ``write.mode``, ``write.stars.koniq``) and say
     ``default``, the file's path, ``env MUSIQD_<KEY>`` or ``command line``.
     """
+    return _load(explicit, env, overrides, system_file, _Problems(collect=False))
+
+
+def config_problems(
+    explicit: Path | None = None,
+    *,
+    env: Mapping[str, str] = os.environ,
+    system_file: Path = SYSTEM_CONFIG,
+) -> list[ConfigError]:
+    """Every problem of the configuration, not only the first (for ``musiqd config check``): each bad
+    value is reported and replaced by its default, so that the values after it are checked too."""
+    problems = _Problems(collect=True)
+    with problems.each():
+        _load(explicit, env, _NO_OVERRIDES, system_file, problems)
+    return problems.found
+
+
+class _Problems:
+    """Configuration errors: raised at once (every command), or collected one per value (``config check``)."""
+
+    def __init__(self, *, collect: bool) -> None:
+        self.collect = collect
+        self.found: list[ConfigError] = []
+
+    @contextmanager
+    def each(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as exc:
+            if not self.collect:
+                raise
+            self.found.append(exc)
+
+
+def _load(
+    explicit: Path | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, object],
+    system_file: Path,
+    problems: _Problems,
+) -> tuple[Config, dict[str, str]]:
     values = _flatten(Config())
     sources = dict.fromkeys(KEYS, DEFAULT)
     sources.update({f"{_STARS}.{m}": DEFAULT for m in values[_STARS]})
     path = find_config_file(explicit, env, system_file=system_file)
     if path is not None:
-        _apply_file(path, values, sources)
-    _apply_env(env, values, sources)
+        _apply_file(path, values, sources, problems)
+    _apply_env(env, values, sources, problems)
     _apply_overrides(overrides, values, sources)
     return _build(values, sources), sources
 
@@ -602,7 +644,7 @@ def _set_stars(
     sources[key] = source
 
 
-def _apply_file(path: Path, values: dict[str, Any], sources: dict[str, str]) -> None:
+def _apply_file(path: Path, values: dict[str, Any], sources: dict[str, str], problems: _Problems) -> None:
     where = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -616,14 +658,15 @@ def _apply_file(path: Path, values: dict[str, Any], sources: dict[str, str]) -> 
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(f"config error: {where}: invalid TOML: {exc}") from None
     for key, value in data.items():
-        if key == "write":
-            if not isinstance(value, dict):
-                raise _error(where, key, "must be a table ([write])")
-            _apply_write_table(where, value, values, sources)
-        elif key in _TOP:
-            _set(values, sources, key, value, where)
-        else:
-            raise _error(where, key, _unknown_top(key))
+        with problems.each():
+            if key == "write":
+                if not isinstance(value, dict):
+                    raise _error(where, key, "must be a table ([write])")
+                _apply_write_table(where, value, values, sources, problems)
+            elif key in _TOP:
+                _set(values, sources, key, value, where)
+            else:
+                raise _error(where, key, _unknown_top(key))
 
 
 def _unknown_top(key: str) -> str:
@@ -633,48 +676,60 @@ def _unknown_top(key: str) -> str:
 
 
 def _apply_write_table(
-    where: str, table: dict[str, Any], values: dict[str, Any], sources: dict[str, str]
+    where: str, table: dict[str, Any], values: dict[str, Any], sources: dict[str, str], problems: _Problems
 ) -> None:
     for key, value in table.items():
-        dotted = f"write.{key}"
-        if key == "stars":
-            if not isinstance(value, dict):
-                raise _error(where, dotted, "must be a table ([write.stars] with one entry per model)")
-            # The file's table replaces the built-in one (see the module docstring).
-            values[_STARS] = {}
-            for old in [k for k in sources if k.startswith(f"{_STARS}.")]:
-                del sources[old]
-            sources[_STARS] = where
-            for model, bounds in value.items():
+        with problems.each():
+            _apply_write_key(where, key, value, values, sources, problems)
+
+
+def _apply_write_key(
+    where: str, key: str, value: object, values: dict[str, Any], sources: dict[str, str], problems: _Problems
+) -> None:
+    dotted = f"write.{key}"
+    if key == "stars":
+        if not isinstance(value, dict):
+            raise _error(where, dotted, "must be a table ([write.stars] with one entry per model)")
+        # The file's table replaces the built-in one (see the module docstring).
+        values[_STARS] = {}
+        for old in [k for k in sources if k.startswith(f"{_STARS}.")]:
+            del sources[old]
+        sources[_STARS] = where
+        for model, bounds in value.items():
+            with problems.each():
                 _set_stars(values, sources, model, bounds, where)
-        elif key in _WRITE:
-            _set(values, sources, dotted, value, where)
-        else:
-            raise _error(where, dotted, f"unknown key{_suggest(key, [*_WRITE, 'stars'])}")
+    elif key in _WRITE:
+        _set(values, sources, dotted, value, where)
+    else:
+        raise _error(where, dotted, f"unknown key{_suggest(key, [*_WRITE, 'stars'])}")
 
 
-def _apply_env(env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str]) -> None:
+def _apply_env(
+    env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str], problems: _Problems
+) -> None:
     for key in _SCALAR_KEYS:
         name = env_name(key)
         text = env.get(name, "")
         if not text:
             continue
         source = f"env {name}"
-        try:
-            raw = _spec(key).env(text)
-        except _BadValueError as exc:
-            raise _error(source, key, str(exc)) from None
-        _set(values, sources, key, raw, source)
+        with problems.each():
+            try:
+                raw = _spec(key).env(text)
+            except _BadValueError as exc:
+                raise _error(source, key, str(exc)) from None
+            _set(values, sources, key, raw, source)
     stars_prefix = env_name(_STARS) + "_"
     for name in sorted(env):
         if name.startswith(stars_prefix) and env[name]:
             source = f"env {name}"
             model = name[len(stars_prefix) :].lower()
-            try:
-                bounds = _env_floats(env[name])
-            except _BadValueError as exc:
-                raise _error(source, _STARS, str(exc)) from None
-            _set_stars(values, sources, model, bounds, source)
+            with problems.each():
+                try:
+                    bounds = _env_floats(env[name])
+                except _BadValueError as exc:
+                    raise _error(source, _STARS, str(exc)) from None
+                _set_stars(values, sources, model, bounds, source)
 
 
 def _apply_overrides(
@@ -800,6 +855,16 @@ _EXAMPLES: Final[dict[str, str]] = {
 }
 
 
+def _unset_database() -> str:
+    """What an unset ``database`` means here and now: the index the commands will really open."""
+    from musiq_daemon.index.location import default_url
+
+    url = _PASSWORD.sub(r"\1***@", default_url())
+    if os.environ.get("MUSIQD_DATABASE_URL"):
+        return f"$MUSIQD_DATABASE_URL is used: {url}"
+    return f"$MUSIQD_DATABASE_URL is not set either: {url}"
+
+
 def _render(config: Config, sources: Mapping[str, str] | None, *, hide_password: bool) -> str:
     values = _flatten(config)
 
@@ -811,7 +876,8 @@ def _render(config: Config, sources: Mapping[str, str] | None, *, hide_password:
         text = _dump_value(key, value)
         if text is None:
             source = f"{sources.get(key, DEFAULT)}: " if sources is not None else ""
-            return f"# {name} = {_EXAMPLES[key]}  # {source}not set: {_UNSET[key]}"
+            unset = _unset_database() if key == "database" else _UNSET[key]
+            return f"# {name} = {_EXAMPLES[key]}  # {source}not set: {unset}"
         if hide_password and key == "database":
             text = _PASSWORD.sub(r"\1***@", text)
         if isinstance(value, tuple) and len(value) > 3:

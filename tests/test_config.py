@@ -519,6 +519,36 @@ def test_config_check_command(tmp_path: Path, cli_env: dict[str, str]) -> None:
     assert result.stderr == f"config error: {tmp_path / 'nope.toml'}: no such file (given with --config)\n"
 
 
+def test_config_check_reports_every_problem(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """Not only the first: a file with several mistakes and a bad variable get one line each."""
+    bad = write(
+        tmp_path / "bad.toml",
+        'threads = "many"\nobserver = "sometimes"\nfoo = 1\n[write]\nmode = "carve"\n',
+    )
+    result = musiqd(
+        ["config", "check", "--config", str(bad)], {**cli_env, "MUSIQD_WORKERS": "zero"}, tmp_path
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f'config error: {bad}: threads: must be an integer (got "many")',
+        f'config error: {bad}: observer: unknown value "sometimes": choose one of auto, native, poll',
+        f"config error: {bad}: foo: unknown key",
+        f'config error: {bad}: write.mode: unknown value "carve": choose one of embed, sidecar, index-only',
+        'config error: environment variable MUSIQD_WORKERS: must be an integer (got "zero")',
+    ]
+    # Every other command still stops at the first, with the same line.
+    first = musiqd(["config", "show", "--config", str(bad)], cli_env, tmp_path)
+    assert first.returncode == 2
+    assert first.stderr.splitlines() == ["musiqd: error: " + result.stderr.splitlines()[0]]
+
+
+def test_config_show_names_the_index_an_unset_database_means(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "MUSIQD_DATABASE_URL": "postgresql+psycopg://musiqd:secret@nas/musiqd"}
+    shown = musiqd(["config", "show"], env, tmp_path).stdout
+    assert "$MUSIQD_DATABASE_URL is used: postgresql+psycopg://musiqd:***@nas/musiqd" in shown
+    assert "secret" not in shown
+
+
 def test_config_show_command(tmp_path: Path, cli_env: dict[str, str]) -> None:
     path = write(tmp_path / "c.toml", 'roots = ["/volume1/photo"]\nthreads = 3\n')
     env = {**cli_env, "MUSIQD_WORKERS": "2"}

@@ -230,7 +230,10 @@ def test_refuses_when_the_file_changed_since_it_was_read(photo: Path) -> None:
     edited = photo.read_bytes()
     with pytest.raises(FileChangedError) as caught:
         atomic_replace(photo, b"ours", expected=sig)
-    assert one_line(caught.value) == f"{photo} changed while musiqd was writing it; it will be retried"
+    assert (
+        one_line(caught.value)
+        == f"{photo} changed while musiqd was writing it; nothing was written: score it again"
+    )
     assert photo.read_bytes() == edited and temps(photo.parent) == []
 
 
@@ -498,7 +501,7 @@ def test_cleanup_during_a_write_leaves_the_original_intact(
         assert len(cleanup_stale_temps(photo.parent)) == 1
 
     monkeypatch.setattr(safefile, "_write_all", write_then_cleanup)
-    with pytest.raises(FileChangedError, match="unchanged and will be retried"):
+    with pytest.raises(FileChangedError, match="is unchanged: score it again"):
         atomic_replace(photo, b"new", expected=sig)
     assert photo.read_bytes() == old and temps(photo.parent) == []
 

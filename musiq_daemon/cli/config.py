@@ -42,15 +42,22 @@ def show(
 def check(
     config: Path | None = CONFIG_OPTION,
 ) -> None:
-    """Validate the configuration: exit 0 if it is usable (warnings go to stderr), 2 if it is not."""
-    from musiq_daemon.config import config_warnings, find_config_file, load_config
+    """Validate the configuration: exit 0 if it is usable (warnings go to stderr), 2 if it is not (every
+    problem on a line of its own)."""
+    from musiq_daemon.config import config_problems, config_warnings, find_config_file, load_config
     from musiq_daemon.errors import ConfigError
 
     try:
         path = find_config_file(config, os.environ)
+        problems = config_problems(config)
+        if problems:
+            # The verdict is the output: one line per problem, each the line any other command would stop
+            # with at the first of them.
+            for problem in problems:
+                typer.echo(problem.message, err=True)
+            raise typer.Exit(problems[0].exit_code)
         loaded = load_config(config)
     except ConfigError as exc:
-        # The verdict is the output: one line, the same one any other command would stop with.
         typer.echo(exc.message, err=True)
         raise typer.Exit(exc.exit_code) from None
     for warning in config_warnings(loaded) + _model_warnings(loaded.models, loaded.variant):

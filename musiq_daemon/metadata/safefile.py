@@ -158,7 +158,9 @@ def read_snapshot(path: Path, *, max_bytes: int | None = None) -> tuple[bytes, F
             os.close(fd)
         if FileSignature.from_stat(before) == after == at_path and len(data) == after.size:
             return data, after
-    raise FileChangedError(f"{label} changed while musiqd was reading it; it will be retried")
+    raise FileChangedError(
+        f"{label} changed while musiqd was reading it; nothing was written: score it again"
+    )
 
 
 def atomic_replace(
@@ -211,7 +213,7 @@ def atomic_replace(
             # Our temporary file vanished: another musiqd process cleaned up stale files meanwhile.
             raise FileChangedError(
                 f"the temporary copy of {label} was removed before it could be put in place; "
-                f"{label} is unchanged and will be retried"
+                f"{label} is unchanged: score it again"
             ) from None
         except OSError as exc:
             raise _write_error(exc, label, "replace") from None
@@ -307,7 +309,9 @@ def _check_current(path: Path, expected: FileSignature | None, label: str) -> os
             f"{label} already exists; musiqd creates it only where there is no file, and will retry"
         )
     if FileSignature.from_stat(info) != expected:
-        raise FileChangedError(f"{label} changed while musiqd was writing it; it will be retried")
+        raise FileChangedError(
+            f"{label} changed while musiqd was writing it; nothing was written: score it again"
+        )
     return info
 
 
@@ -459,7 +463,7 @@ def _create_from(temp: Path, path: Path, label: str) -> None:
         os.link(temp, path, follow_symlinks=False)
     except FileExistsError:
         raise FileChangedError(
-            f"{label} appeared while musiqd was creating it; it will be retried without overwriting it"
+            f"{label} appeared while musiqd was creating it; it was left as it is: score the photo again"
         ) from None
     except OSError as exc:
         if exc.errno not in _NO_HARD_LINKS:
@@ -467,7 +471,7 @@ def _create_from(temp: Path, path: Path, label: str) -> None:
         # No hard links on this filesystem: check, then rename (see the module doc for the window).
         if os.path.lexists(path):
             raise FileChangedError(
-                f"{label} appeared while musiqd was creating it; it will be retried without overwriting it"
+                f"{label} appeared while musiqd was creating it; it was left as it is: score the photo again"
             ) from None
         temp.replace(path)
         return
