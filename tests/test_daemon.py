@@ -727,14 +727,17 @@ def test_a_photo_that_kills_the_daemon_is_failed_and_its_neighbours_are_not(
     assert code == 0
 
 
-def _bindfs(source: Path, target: Path) -> str | None:
+def _bindfs(source: Path, target: Path, *options: str) -> str | None:
     """Mount ``source`` on ``target`` with bindfs (a FUSE filesystem, as an SMB or sshfs share looks to the
     daemon); None on success, else why not."""
     if shutil.which("bindfs") is None:
         return "bindfs is not installed (apt install bindfs)"
     if not Path("/dev/fuse").exists():
         return "no /dev/fuse on this machine"
-    done = subprocess.run(["bindfs", str(source), str(target)], capture_output=True, text=True, check=False)
+    extra = ["-o", ",".join(options)] if options else []
+    done = subprocess.run(
+        ["bindfs", *extra, str(source), str(target)], capture_output=True, text=True, check=False
+    )
     return None if done.returncode == 0 else f"bindfs failed: {done.stderr.strip()}"
 
 
@@ -745,6 +748,32 @@ def _unmount_fuse(target: Path) -> None:
             and subprocess.run([*command, str(target)], capture_output=True).returncode == 0
         ):
             return
+
+
+def test_writes_on_a_share_that_rejects_xattrs_and_ownership(env: dict[str, str], tmp_path: Path) -> None:
+    """A FUSE share like an SMB mount: no extended attributes, chown refused, chmod ignored. The optional
+    calls fail, the write does not, and no temporary file is left on the share."""
+    server, share = tmp_path / "server", tmp_path / "share"
+    server.mkdir()
+    share.mkdir()
+    photo = server / "IMG_1.jpg"
+    photo.write_bytes(photo_bytes(1600))
+    photo.chmod(0o644)
+    why_not = _bindfs(server, share, "xattr-none", "chown-deny", "chmod-ignore")
+    if why_not is not None:
+        pytest.skip(why_not)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "musiq_daemon", "score", "--write", "--device", "cpu",
+             "--db", str(tmp_path / "index.sqlite3"), str(share / "IMG_1.jpg")],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0 and "[embedded]" in result.stdout, result.stderr
+        assert b"MUSIQ" in photo.read_bytes() and photo.read_bytes() != photo_bytes(1600)
+        assert photo.stat().st_mode & 0o777 == 0o644
+        assert sorted(p.name for p in server.iterdir()) == ["IMG_1.jpg"]  # no .musiqd-tmp-* left
+    finally:
+        _unmount_fuse(share)
 
 
 def test_a_share_mounted_after_start_is_watched_by_polling(

@@ -183,7 +183,10 @@ def atomic_replace(
     original = _check_current(path, expected, label)
     if original is not None:
         _refuse_sparse_path(path, original, label)
-    temp, fd = _create_temp(path, label)
+    # Created with the permissions it will keep: a filesystem that ignores chmod (SMB, FUSE mounts with
+    # fixed modes) then still ends up with them, and the check in _copy_attributes passes.
+    mode = stat.S_IMODE(original.st_mode) & 0o777 if original is not None else 0o666
+    temp, fd = _create_temp(path, label, mode)
     try:
         try:
             try:
@@ -380,8 +383,10 @@ def _read_up_to(fd: int, limit: int) -> bytes:
     return b"".join(chunks)  # a single chunk is returned as it is, not copied
 
 
-def _create_temp(path: Path, label: str) -> tuple[Path, int]:
-    """A new, empty, private temporary file next to ``path``: (its path, a descriptor open for writing)."""
+def _create_temp(path: Path, label: str, mode: int = 0o600) -> tuple[Path, int]:
+    """A new, empty temporary file next to ``path`` with permissions ``mode`` (less the umask): (its path, a
+    descriptor open for writing). It holds a copy of a photo that is already readable with those
+    permissions, so nothing is exposed that the photo does not expose."""
     stem = TEMP_PREFIX + path.name
     for _ in range(16):  # 32 random bits: a collision means someone else is writing the same name
         suffix = "." + secrets.token_hex(4)
@@ -392,7 +397,7 @@ def _create_temp(path: Path, label: str) -> tuple[Path, int]:
         temp = path.parent / (stem + suffix)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-            return temp, os.open(temp, flags, 0o600)
+            return temp, os.open(temp, flags, mode)
         except FileExistsError:
             continue
         except OSError as exc:
