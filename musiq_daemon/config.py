@@ -55,6 +55,7 @@ from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.errors import ConfigError, UsageError
 from musiq_daemon.metadata.policy import DngMode, Mode, SidecarNaming, WritePolicy
 from musiq_daemon.metadata.safefile import TEMP_PREFIX
+from musiq_daemon.paths import PathMap
 
 # Every command reads the configuration, most never score: the model runtime, the image code and the
 # metadata writer (numpy, PIL, exiv2, LiteRT) stay unloaded here. The one check that needs the
@@ -136,6 +137,8 @@ class Config:
     ioclass: str = "idle"  # idle | best-effort | none
     retries: int = 3
     retry_backoff: float = 60.0  # a failed job is retried after retry_backoff * 2**attempt seconds
+    # "NAS_PATH=LOCAL_PATH": where a `musiqd worker` on another machine sees the index's photos
+    path_map: tuple[str, ...] = ()
 
     def in_quiet_hours(self, now: time) -> bool:
         """Whether ``now`` (local wall-clock time) is in the quiet hours (see :func:`in_quiet_hours`)."""
@@ -264,6 +267,15 @@ def _strings(value: object, cli: bool) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
         raise _BadValueError(f"must be a list of non-empty strings (got {_show(value)})")
     return tuple(value)
+
+
+def _path_map(value: object, cli: bool) -> tuple[str, ...]:
+    pairs = _strings(value, cli)
+    try:
+        PathMap.parse(pairs)
+    except UsageError as exc:
+        raise _BadValueError(exc.message) from None
+    return pairs
 
 
 def _model_ids() -> list[str]:
@@ -465,6 +477,7 @@ _TOP: Final[dict[str, _Key]] = {
     "ioclass": _Key(_choice(lambda: IOCLASSES), _env_str),
     "retries": _Key(_int(0), _env_int),
     "retry_backoff": _Key(_seconds, _env_float),
+    "path_map": _Key(_path_map, _env_list(";")),
 }
 _WRITE: Final[dict[str, _Key]] = {
     "mode": _Key(_choice(lambda: get_args(Mode)), _env_str),

@@ -37,7 +37,7 @@ from musiq_daemon.daemon.systemd import sd_notify
 from musiq_daemon.daemon.watch import choose_observer
 from musiq_daemon.errors import AlreadyRunningError, UsageError
 from musiq_daemon.index import IndexDB, open_index
-from musiq_daemon.index.models import Job, Photo, Score, WrittenFile
+from musiq_daemon.index.models import Job, Photo, Score, WorkerRow, WrittenFile
 from musiq_daemon.index.paths import decode_path, encode_path
 from musiq_daemon.metadata.content_hash import content_hash_file
 
@@ -989,3 +989,94 @@ def test_instance_lock_and_sd_notify(tmp_path: Path) -> None:
     assert receiver.recv(100) == b"READY=1"
     assert not sd_notify("READY=1", {})
     receiver.close()
+
+
+PG_URL = os.environ.get("MUSIQD_TEST_DATABASE_URL")
+
+
+@pytest.mark.skipif(
+    PG_URL is None, reason="needs PostgreSQL: set MUSIQD_TEST_DATABASE_URL (.ci/run starts one)"
+)
+def test_one_watcher_two_workers_one_killed_on_postgresql(
+    spawn: Callable[..., Daemon], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The daemon watches and scores; two `musiqd worker` processes help, one of them seeing the photos
+    under another path (--path-map). One worker is killed -9 halfway: its photos go to the others, every
+    photo is scored exactly once, none fails, and both surviving processes did work."""
+    from conftest import reset_postgres
+
+    assert PG_URL is not None
+    reset_postgres(PG_URL)
+    root = tmp_path / "photos"
+    root.mkdir()
+    paths = []
+    for i in range(300):
+        path = root / f"{i // 100}" / f"IMG_{i:04d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(photo_bytes(3000 + i))
+        paths.append(path)
+    view = tmp_path / "mnt" / "nas-photos"  # the same share, mounted elsewhere on the helper machine
+    view.parent.mkdir()
+    view.symlink_to(root, target_is_directory=True)
+    config = write_config(tmp_path / "config.toml", [root], tmp_path / "unused.sqlite3", observer="native")
+    config.write_text(
+        config.read_text().replace(f'database = "{tmp_path / "unused.sqlite3"}"', f'database = "{PG_URL}"')
+    )
+    daemon = spawn(tmp_path, config).start()
+
+    def worker(name: str, *options: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{name}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "musiq_daemon", "worker", "--config", str(config), *options],
+                stdout=subprocess.DEVNULL, stderr=log, env=env,
+            )  # fmt: skip
+
+    mapped = worker("mapped", "--path-map", f"{root}={view}")
+    doomed = worker("doomed")
+    db = open_index(PG_URL)
+    try:
+
+        def done() -> int:
+            with db.session() as s:
+                return s.scalar(select(func.count()).select_from(Job).where(Job.state == "done")) or 0
+
+        wait_until(lambda: done() >= 100, "a third of the photos scored", timeout=120.0)
+        doomed.kill()  # SIGKILL, halfway
+        doomed.wait(10)
+        with db.session() as s:
+            orphans = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.state == "running", Job.lease_owner.like(f"%:{doomed.pid}:%"))
+            )
+        wait_until(lambda: done() == 300, "every photo scored", timeout=180.0)
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(Job).where(Job.state != "done")) == 0
+            per_photo = s.execute(select(Score.photo_id, func.count()).group_by(Score.photo_id)).all()
+            assert len(per_photo) == 300 and {count for _, count in per_photo} == {1}
+            roots = set(s.scalars(select(Photo.root).distinct()))
+            assert roots == {encode_path(root)}  # the mapped worker recorded the watcher's paths
+            rows = {w.id: w for w in s.scalars(select(WorkerRow))}
+        by_pid = {w.pid: w for w in rows.values()}
+        assert by_pid[mapped.pid].done > 0 and by_pid[mapped.pid].path_map == f"{root}={view}"
+        assert by_pid[daemon.proc.pid].done > 0 if daemon.proc else False
+        logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("mapped", "doomed")}
+        logs["daemon"] = daemon.logs()
+        scored = {
+            name: text.count(f"INFO scored {root}/") for name, text in logs.items()
+        }  # the index's paths
+        # Each did work; no photo twice (a kill between a commit and its log line may hide one).
+        assert 299 <= sum(scored.values()) <= 300 and all(scored.values()), scored
+        if orphans:  # what the killed worker had in flight was taken back by the others
+            assert "from a worker that is gone" in logs["mapped"] + logs["daemon"]
+        status = json.loads(daemon.cli("status", "--json").stdout)
+        live = {(w["pid"], w["kind"]) for w in status["workers"]}
+        assert (mapped.pid, "worker") in live and (doomed.pid, "worker") not in live
+    finally:
+        for process in (mapped, doomed):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
+        db.close()
+    code, _ = daemon.stop()
+    assert code == 0

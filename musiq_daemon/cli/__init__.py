@@ -63,6 +63,9 @@ app.command("query")(query_cmd.query)
 app.command("stats")(query_cmd.show_stats)
 # The overview lists the daemon's commands with these summaries (their first sentences are too long).
 app.command("watch", short_help="Run the daemon: score photos in folders as they arrive.")(daemon_cmd.watch)
+app.command("worker", short_help="Score queued photos without watching (more cores, another machine).")(
+    daemon_cmd.worker
+)
 app.command("status", short_help="Show the daemon's state, queue, speed and last errors.")(daemon_cmd.status)
 app.command("pause", short_help="Stop scoring for now (new photos are still queued).")(daemon_cmd.pause)
 app.command("resume")(daemon_cmd.resume)

@@ -80,12 +80,46 @@ def watch(
     raise typer.Exit(code)
 
 
+def worker(
+    config: Path | None = CONFIG_OPTION,
+    database: str = DB_OPTION,
+    models: list[str] = typer.Option(None, "--model", "-m", help="Model ID; repeat for several."),
+    variant: str = typer.Option(None, "--variant", help="Model variant (fp32, fp16, dynamic-int8)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or gpu."),
+    threads: int = typer.Option(None, "--threads", help="Inference threads per worker."),
+    workers: int = typer.Option(None, "--workers", help="Photos scored at the same time (one thread each)."),
+    write_mode: str = typer.Option(None, "--write-mode", help="embed, sidecar or index-only."),
+    path_map: list[str] = typer.Option(
+        None, "--path-map", help="NAS_PATH=LOCAL_PATH: where this machine sees the index's photos; repeat."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every file decision (debug)."),
+) -> None:
+    """Score photos that the daemon queued, without watching anything (more cores, another machine).
+
+    Takes jobs from the index's queue (PostgreSQL for several machines; SQLite for several processes on
+    one) and runs the same pipeline as the daemon. A worker that dies loses its photos to the others within
+    a minute. `musiqd pause` pauses it, `musiqd status` lists it. Stop with SIGTERM or Ctrl-C.
+    """
+    from musiq_daemon.daemon.standalone import run_workers
+    from musiq_daemon.daemon.systemd import configure_logging
+    from musiq_daemon.paths import PathMap
+
+    overrides: dict[str, object] = {
+        "database": database, "models": models or None, "variant": variant, "device": device,
+        "threads": threads, "workers": workers, "write.mode": write_mode, "path_map": path_map or None,
+    }  # fmt: skip
+    loaded = load(config, overrides)
+    configure_logging(verbose)
+    raise typer.Exit(run_workers(loaded, PathMap.parse(loaded.path_map)))
+
+
 def status(
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
     config: Path | None = CONFIG_OPTION,
     database: str = DB_OPTION,
 ) -> None:
     """Show the daemon's state, queue, throughput, ETA, last errors, models and device."""
+    from musiq_daemon.daemon import registry
     from musiq_daemon.daemon.lock import daemon_running
     from musiq_daemon.daemon.queue import queue_counts, recent_failures
     from musiq_daemon.daemon.state import read_state
@@ -96,6 +130,7 @@ def status(
         counts = queue_counts(db)
         failures = recent_failures(db, limit=5)
         running_here = daemon_running(db.url)
+        helpers = registry.live(db)
     finally:
         db.close()
     info: dict[str, Any] = {"running": False, "state": "never started", "queue": counts}
@@ -127,6 +162,16 @@ def status(
             eta_s=round(backlog / rate * 60) if rate and backlog else None,
             message=row.message,
         )
+    info["workers"] = [
+        {
+            "host": w.host, "pid": w.pid, "kind": w.kind, "state": w.state, "device": w.device,
+            "models": w.models.split(",") if w.models else [], "path_map": w.path_map, "scored": w.done,
+            "failed": w.failed,
+            "throughput_per_min": round(w.done / w.busy_s * 60, 2) if w.busy_s > 0 else None,
+            "heartbeat_at": _iso(w.heartbeat_at),
+        }
+        for w in helpers
+    ]  # fmt: skip
     info["errors"] = [
         {"path": str(f.path), "model": f.model_id, "state": f.state, "error": f.error, "when": _iso(f.when)}
         for f in failures
@@ -161,6 +206,13 @@ def _status_text(info: dict[str, Any]) -> str:
         lines.append(f"roots:      {', '.join(info['roots']) or '-'}")
     if info.get("message"):
         lines.append(f"note:       {info['message']}")
+    for w in info.get("workers", []):
+        speed = f"{w['throughput_per_min']:.1f} photos/min" if w["throughput_per_min"] is not None else "idle"
+        mapped = f", paths {w['path_map']}" if w["path_map"] else ""
+        lines.append(
+            f"worker:     {w['host']} pid {w['pid']} ({w['kind']}, {w['state']}): {', '.join(w['models'])} "
+            f"on {w['device'] or '-'}, {w['scored']} scored, {speed}, last beat {w['heartbeat_at']}{mapped}"
+        )
     if info["errors"]:
         lines.append("last errors:")
         lines += [f"  {e['when']}  {e['model']}  {e['path']}: {e['error']}" for e in info["errors"]]

@@ -60,7 +60,9 @@ Moves
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import secrets
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -96,6 +98,9 @@ RescoreMode = Literal["missing", "all"]
 #: Photos re-queued per transaction by :func:`rescore`: short enough that the worker and the watcher
 #: never wait long for SQLite's single writer lock, long enough to queue a million photos in seconds.
 RESCORE_BATCH: Final = 2000
+#: How long a claim holds without renewal: the owner renews every LEASE_S / 4 (its heartbeat), so only a
+#: process that is gone (or cut off from the database for that long) loses its jobs to another.
+LEASE_S: Final = 60.0
 #: Longest error text kept in a job (a decoder can quote a lot of garbage).
 MAX_ERROR_CHARS: Final = 500
 # PostgreSQL may skip every due row while a concurrent claim holds it; a few more tries then find one.
@@ -263,6 +268,8 @@ def claim(
     *,
     model_ids: Sequence[str] | None = None,
     suspects: bool = True,
+    owner: str | None = None,
+    lease_s: float = LEASE_S,
     now: datetime | None = None,
 ) -> ClaimedJob | None:
     """Take the next due pending job (of one of ``model_ids``, default any) and mark it running.
@@ -286,7 +293,13 @@ def claim(
             taken = session.execute(
                 update(Job)
                 .where(Job.id == candidate.scalar_subquery(), Job.state == "pending")
-                .values(state="running", attempts=Job.attempts + 1, updated_at=moment)
+                .values(
+                    state="running",
+                    attempts=Job.attempts + 1,
+                    updated_at=moment,
+                    lease_owner=owner,
+                    lease_expires_at=moment + timedelta(seconds=lease_s),
+                )
                 .returning(Job.id, Job.photo_id, Job.model_id, Job.attempts, Job.interrupted)
                 .execution_options(synchronize_session=False)
             ).first()
@@ -318,12 +331,14 @@ def claim_photo(
     *,
     model_ids: Sequence[str] | None = None,
     suspects: bool = True,
+    owner: str | None = None,
+    lease_s: float = LEASE_S,
     now: datetime | None = None,
 ) -> list[ClaimedJob]:
     """:func:`claim` the next due job, and with it every other due job of the same photo (of ``model_ids``),
     so that the photo is decoded and written once for all its models. Empty when nothing is due."""
     moment = now or utc_now()
-    first = claim(target, model_ids=model_ids, suspects=suspects, now=moment)
+    first = claim(target, model_ids=model_ids, suspects=suspects, owner=owner, lease_s=lease_s, now=moment)
     if first is None:
         return []
     with _transaction(target) as session:
@@ -335,7 +350,13 @@ def claim_photo(
         taken = session.execute(
             update(Job)
             .where(Job.id.in_(siblings), Job.state == "pending")
-            .values(state="running", attempts=Job.attempts + 1, updated_at=moment)
+            .values(
+                state="running",
+                attempts=Job.attempts + 1,
+                updated_at=moment,
+                lease_owner=owner,
+                lease_expires_at=moment + timedelta(seconds=lease_s),
+            )
             .returning(Job.id, Job.model_id, Job.attempts, Job.interrupted)
             .execution_options(synchronize_session=False)
         ).all()
@@ -440,38 +461,96 @@ class Requeued:
     given_up: list[tuple[Path, str]]
 
 
-def requeue_stale(
-    target: IndexDB | Session, *, retries: int | None = None, now: datetime | None = None
-) -> Requeued:
-    """Make jobs left ``running`` by a process that died pending again, their attempt not counted and
-    one more interruption counted (see the module doc). With ``retries``, the job of a photo that was the
-    only one in flight is failed instead when it has now been interrupted more than ``retries`` times
-    (decided here, before anything could claim it again). Call it
-    only while no worker can be running (the daemon holds its single-instance lock), or it takes live
-    jobs away."""
+def owner_id() -> str:
+    """A name for this process as a lease owner and in the worker registry: host, pid and a random part
+    (a pid is reused after a reboot; the random part never is)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether the process named ``owner`` is known to be dead: it ran on this machine and its pid is
+    gone. A process on another machine is only known dead when its lease runs out."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (owned by another user)
+        return False
+    return False
+
+
+def renew_leases(
+    target: IndexDB | Session, owner: str, *, lease_s: float = LEASE_S, now: datetime | None = None
+) -> int:
+    """Extend the leases of every job ``owner`` is running; how many (the owner's heartbeat)."""
     moment = now or utc_now()
     with _transaction(target) as session:
-        stale = session.execute(
-            select(Job.id, Job.photo_id, Job.interrupted, Photo.root, Photo.rel_path)
+        result = session.execute(
+            update(Job)
+            .where(Job.state == "running", Job.lease_owner == owner)
+            .values(lease_expires_at=moment + timedelta(seconds=lease_s))
+            .execution_options(synchronize_session=False)
+        )
+        return _count(result)
+
+
+def requeue_stale(
+    target: IndexDB | Session,
+    *,
+    retries: int | None = None,
+    now: datetime | None = None,
+    gone: Callable[[str], bool] = owner_gone,
+) -> Requeued:
+    """Make running jobs whose owner is gone pending again, their attempt not counted and one more
+    interruption counted (see the module doc): jobs whose lease ran out, whose owner ``gone`` says is
+    dead (a process of this machine whose pid is gone), or that have no owner (claimed by an older
+    musiqd). Live owners' jobs are left alone, so any process may call it at any time. With ``retries``,
+    the job of a photo that was its owner's only one in flight is failed instead when it has now been
+    interrupted more than ``retries`` times (decided here, before anything could claim it again)."""
+    moment = now or utc_now()
+    with _transaction(target) as session:
+        running = session.execute(
+            select(
+                Job.id, Job.photo_id, Job.interrupted, Job.lease_owner, Job.lease_expires_at, Photo.root,
+                Photo.rel_path,
+            )
             .join(Photo, Job.photo_id == Photo.id)
             .where(Job.state == "running")
-        ).all()
-        # Only a photo that was alone in flight is charged with the kill; several in flight are suspects.
-        alone = len({row.photo_id for row in stale}) == 1
+        ).all()  # fmt: skip
+        cache: dict[str, bool] = {}
+
+        def abandoned(owner: str | None, expires: datetime | None) -> bool:
+            if owner is None or expires is None or expires <= moment:
+                return True
+            if owner not in cache:
+                cache[owner] = gone(owner)
+            return cache[owner]
+
+        stale = [row for row in running if abandoned(row.lease_owner, row.lease_expires_at)]
+        photos_of: dict[str | None, set[int]] = {}
+        for row in stale:
+            photos_of.setdefault(row.lease_owner, set()).add(row.photo_id)
+        # Only a photo that was alone in its owner's flight is charged with the kill; several are suspects.
         given_up = [
             (row.id, row.interrupted + 1, Path(decode_path(row.root)) / decode_path(row.rel_path))
             for row in stale
-            if alone and retries is not None and row.interrupted + 1 > retries
+            if len(photos_of[row.lease_owner]) == 1 and retries is not None and row.interrupted + 1 > retries
         ]
         if stale:
             session.execute(
                 update(Job)
-                .where(Job.state == "running")
+                .where(Job.id.in_([row.id for row in stale]), Job.state == "running")
                 .values(
                     state="pending",
                     attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
                     interrupted=Job.interrupted + 1,
                     next_attempt_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
                     updated_at=moment,
                 )
                 .execution_options(synchronize_session=False)

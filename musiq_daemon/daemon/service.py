@@ -17,6 +17,7 @@ restart the workers; the database, nice and ionice need a restart).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -295,6 +296,12 @@ class Service:
         unavailable = [f"{s.root}: {s.unavailable}" for s in list(self._roots.values()) if s.unavailable]
         write_state(self.db, state=state, heartbeat_at=now(), device=self._device,
                     message="; ".join(f"root {u}" for u in unavailable) or None, **stats)  # fmt: skip
+        from musiq_daemon.daemon import registry
+
+        for worker, _thread, _stop in list(self._workers):
+            mine = worker.stats()
+            registry.beat(self.db, worker.owner, state="paused" if self._paused.is_set() else "running",
+                          done=mine.done, failed=mine.failed, busy_s=mine.busy_s)  # fmt: skip
         if self._initial_scan_done and os.environ.get("NOTIFY_SOCKET"):
             from musiq_daemon.daemon.queue import queue_counts
 
@@ -528,7 +535,13 @@ class Service:
         return workers
 
     def _start_workers(self, workers: list[Worker]) -> None:
+        from musiq_daemon.daemon import registry
+
         for number, worker in enumerate(workers, 1):
+            who = registry.Registration(
+                worker.owner, "daemon", self._device, ",".join(self.config.models), None
+            )
+            registry.register(self.db, who)
             stop = _WorkerSignal()
             thread = threading.Thread(
                 target=self._run_worker, args=(worker, stop), name=f"musiqd-worker-{number}", daemon=True
@@ -554,9 +567,14 @@ class Service:
     def _stop_workers(self) -> None:
         for _worker, _thread, stop in self._workers:
             stop.set()
+        from musiq_daemon.daemon import registry
+
         for worker, thread, _stop in self._workers:
             thread.join(STOP_GRACE_S)
             stats = worker.stats()
+            with contextlib.suppress(Exception):  # the index gone: the row ages out by itself
+                registry.beat(self.db, worker.owner, state="stopped", done=stats.done, failed=stats.failed,
+                              busy_s=stats.busy_s)  # fmt: skip
             self._retired["done"] += stats.done
             self._retired["failed"] += stats.failed
             self._retired["busy_s"] += stats.busy_s

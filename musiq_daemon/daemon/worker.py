@@ -68,7 +68,7 @@ from musiq_daemon.errors import DecodeError, MusiqError, OutsideRootError, ReadO
 from musiq_daemon.index.db import IndexDB
 from musiq_daemon.index.records import last_rating_written, record_results, upsert_photo
 from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_scores
-from musiq_daemon.paths import check_inside
+from musiq_daemon.paths import SAME_PATHS, PathMap, check_inside
 from musiq_daemon.pipeline import Decoded, Pipeline
 from musiq_daemon.records import ScoreRecord
 
@@ -163,8 +163,12 @@ class Worker:
         quiet_hours: tuple[time, time] | None = None,
         poll_interval: float = 5.0,
         clock: Callable[[], datetime] = _local_now,
+        owner: str | None = None,
+        files: PathMap = SAME_PATHS,
     ) -> None:
         self.db = db
+        self.owner = owner or queue.owner_id()  # the lease owner of every job this worker claims
+        self.files = files  # where this machine sees the index's paths (musiqd worker --path-map)
         self.scorers = dict(scorers)
         # Decoding and inference are the pipeline's; the queue, the write and the record are the worker's
         # (the jobs complete in the same transaction as the scores).
@@ -202,6 +206,9 @@ class Worker:
         not yet scored is given back to the queue unchanged, so no job is left ``running``.
         """
         claimed: _Claimed = deque()
+        finished = threading.Event()
+        beats = threading.Thread(target=self._beat, args=(stop, finished), name="musiqd-lease", daemon=True)
+        beats.start()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musiqd-decode") as pool:
             try:
                 while not stop.is_set():
@@ -227,6 +234,8 @@ class Worker:
                         stop.wait(ERROR_PAUSE_S)
             finally:
                 self._give_back(claimed)
+                finished.set()
+                beats.join(5.0)
 
     # --- one job -------------------------------------------------------------------------------------
 
@@ -237,7 +246,27 @@ class Worker:
         return not paused() and not in_quiet_hours(self.clock().time(), self.quiet_hours)
 
     def _claim(self, *, suspects: bool = True) -> list[ClaimedJob]:
-        return queue.claim_photo(self.db, model_ids=list(self.scorers), suspects=suspects, now=self._now())
+        return queue.claim_photo(
+            self.db, model_ids=list(self.scorers), suspects=suspects, owner=self.owner, now=self._now()
+        )
+
+    def _beat(self, stop: threading.Event, finished: threading.Event) -> None:
+        """:meth:`heartbeat` every LEASE_S / 4 while :meth:`run` runs (a slow photo never loses its lease)."""
+        while not (finished.wait(queue.LEASE_S / 4) or stop.is_set()):
+            try:
+                self.heartbeat()
+            except Exception as exc:  # the database briefly unreachable: the next beat tries again
+                log.warning("lease renewal failed: %s; retrying", str(exc).splitlines()[0])
+
+    def heartbeat(self) -> None:
+        """Renew the leases of the jobs in flight, and take back jobs whose owner is gone (another worker
+        killed, its machine lost): call every few seconds, from any thread (see :meth:`run`)."""
+        queue.renew_leases(self.db, self.owner, now=self._now())
+        stale = queue.requeue_stale(self.db, retries=self.retries, now=self._now())
+        if stale.requeued:
+            log.info("took back %d photos from a worker that is gone", stale.requeued)
+        for path, message in stale.given_up:
+            log.warning("%s failed: %s", path, message)
 
     def _claim_into(
         self,
@@ -270,11 +299,14 @@ class Worker:
 
     def _check_file(self, job: ClaimedJob) -> _Deferral | MusiqError | None:
         try:
-            check_inside(job.path, job.root)
-            info = job.path.stat()
+            local, local_root = self.files.local(job.path), self.files.local(job.root)
+            check_inside(local, local_root)
+            info = local.stat()
         except FileNotFoundError:
-            if not _root_available(job.root):
-                return _Deferral(f"{job.root} is missing or empty (not mounted?)", UNAVAILABLE_DELAY_S, True)
+            if not _root_available(local_root):
+                return _Deferral(
+                    f"{local_root} is missing or empty (not mounted?)", UNAVAILABLE_DELAY_S, True
+                )
             return DecodeError(f"{job.path}: file not found (moved or deleted before it was scored)")
         except OSError as exc:
             return DecodeError(f"{job.path}: cannot read the file: {exc.strerror or exc}")
@@ -292,7 +324,7 @@ class Worker:
             problem = self._check_file(job)
             if problem is not None:
                 return problem
-            return self.pipeline.prepare(job.path, [j.model_id for j in group])
+            return self.pipeline.prepare(self.files.local(job.path), [j.model_id for j in group])
         except Exception as exc:
             return exc
 
@@ -334,7 +366,7 @@ class Worker:
                     known = last_rating_written(session, job.path, model, roots=[job.root])
             limits = next(iter(self.scorers.values())).max_file_mb  # one configuration built them all
             written = write_scores(
-                job.path, records, self.write_policy, known_rating=known, max_file_mb=limits
+                self.files.local(job.path), records, self.write_policy, known_rating=known, max_file_mb=limits
             )
             for line in written.notes:
                 log.warning("%s", line)
@@ -358,7 +390,7 @@ class Worker:
             expected = (job.size, job.mtime_ns)
         with self.db.session() as session:
             # Checked inside the same transaction: raising rolls the recording back.
-            photo = record_results(session, job.path, records, written, roots=[job.root])
+            photo = record_results(session, job.path, records, written, roots=[job.root], files=self.files)
             if photo.id != job.photo_id:
                 raise RuntimeError(f"{job.path} maps to photo {photo.id}, the job to {job.photo_id}")
             if (photo.size, photo.mtime_ns) != expected:
@@ -382,7 +414,7 @@ class Worker:
             else:
                 # Record the file as it is now: when it is unchanged at the next try, it is scored.
                 with contextlib.suppress(OSError):  # gone meanwhile: the next try finds out
-                    upsert_photo(session, job.path, roots=[job.root])
+                    upsert_photo(session, job.path, roots=[job.root], files=self.files)
             for claimed in group:
                 queue.release(session, claimed.job_id, delay=deferral.delay, now=self._now())
         log.info("%s: %s; trying again in %g s", job.path, deferral.reason, deferral.delay)

@@ -143,6 +143,9 @@ class Job(Base):
     # Times the process died while this job was in flight (kill -9, out of memory, power cut): counted
     # apart from attempts, see musiq_daemon.daemon.queue ("Interrupted attempts").
     interrupted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The process that claimed a running job, and until when its claim holds (renewed while it works).
+    lease_owner: Mapped[str | None] = mapped_column(String(120))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -163,6 +166,28 @@ class WrittenFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     written_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WorkerRow(Base):
+    """One scoring process (a worker of the daemon, or ``musiqd worker`` on any machine), for ``musiqd
+    status``: written at start, every heartbeat and on stopping. A row whose heartbeat is old belongs to a
+    process that is gone."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)  # host:pid:random
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # "daemon" or "worker"
+    device: Mapped[str | None] = mapped_column(String(16))
+    models: Mapped[str | None] = mapped_column(Text)  # comma-separated model ids
+    path_map: Mapped[str | None] = mapped_column(Text)  # "INDEX=LOCAL;..." as the worker sees the photos
+    state: Mapped[str] = mapped_column(String(16))  # running, paused, stopped
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    busy_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 DAEMON_STATES = ("starting", "scanning", "running", "paused", "quiet-hours", "stopped")

@@ -17,6 +17,7 @@ from musiq_daemon.index.paths import encode_path
 from musiq_daemon.metadata.capture import capture_time
 from musiq_daemon.metadata.content_hash import content_hash_file
 from musiq_daemon.metadata.safefile import FileSignature
+from musiq_daemon.paths import SAME_PATHS, PathMap
 from musiq_daemon.records import ScoreRecord
 
 if TYPE_CHECKING:
@@ -81,11 +82,13 @@ def upsert_photo(
     fmt: str | None = None,
     size_hw: tuple[int, int] | None = None,
     taken_at: datetime | None = None,
+    files: PathMap = SAME_PATHS,
 ) -> Photo:
-    """The photo row for ``path``, created or refreshed from the file's current stat (see
-    :func:`find_photo` for which row is the photo's)."""
+    """The photo row for ``path`` (as the index stores it), created or refreshed from the file's current
+    stat, read where ``files`` says this machine sees it (see :func:`find_photo` for which row is the
+    photo's)."""
     root, rel = split_root(path, roots)
-    st = path.stat()
+    st = files.local(path).stat()
     key_root, key_rel = encode_path(root), encode_path(rel)
     photo = find_photo(session, path, roots=roots)
     seen = now()
@@ -211,15 +214,17 @@ def record_results(
     written: WriteResult | None,
     *,
     roots: list[Path] | None = None,
+    files: PathMap = SAME_PATHS,
 ) -> Photo:
     """Everything one scoring of a photo leaves in the index, in the caller's transaction: the photo (stat,
     content hash, size, capture time), each model's score with where it was written (the stars with the
     score of the model that set them), and the signature of every file musiqd wrote (so the watcher
     recognises its own writes). Used by the pipeline for ``musiqd score`` and the daemon alike."""
+    local = files.local(path)
     chash = written.content_hash if written is not None else None
     if chash is None:
         try:
-            chash = content_hash_file(path)
+            chash = content_hash_file(local)
         except MusiqError:
             chash = None  # the score stands; only move detection is lost for this photo
     first = records[0]
@@ -230,7 +235,8 @@ def record_results(
         content_hash=chash,
         fmt=first.format,
         size_hw=(first.stored_size[1], first.stored_size[0]),
-        taken_at=capture_time(path),
+        taken_at=capture_time(local),
+        files=files,
     )
     rating_model = written.rating_model if written is not None else None
     for record in records:
@@ -239,7 +245,7 @@ def record_results(
             photo,
             record,
             written_to=written.target if written is not None else "none",
-            written_path=written.path if written is not None else None,
+            written_path=files.index(written.path) if written is not None and written.path else None,
             rating_written=(
                 written.rating_written
                 if written is not None and (rating_model is None or rating_model == record.model_id)
@@ -248,7 +254,7 @@ def record_results(
         )
     for file in written.files if written is not None else ():
         if file.changed:
-            record_written_file(session, file.path, file.signature)
+            record_written_file(session, files.index(file.path), file.signature)
     return photo
 
 
