@@ -151,3 +151,37 @@ def test_systemd_analyze_security(tmp_path: Path) -> None:
     # 0 = fully locked down, 10 = unprotected. What is left open is documented in the unit: the GPU
     # devices, write-execute memory, AF_INET for a PostgreSQL index, the host's users and file system.
     assert float(match.group(1)) <= 2.5, result.stdout
+
+
+WORKER_UNIT = SYSTEMD / "musiqd-worker.service"
+
+
+def test_worker_unit_is_the_service_unit_but_for_what_a_worker_is() -> None:
+    """The worker's unit keeps every hardening of the daemon's; it runs `musiqd worker`, has no reload
+    (a worker reads its configuration at start), and no inotify to keep."""
+    service, worker = directives(UNIT), directives(WORKER_UNIT)
+    assert one(worker, "ExecStart") == "/usr/local/bin/musiqd worker"
+    assert ("Service", "ExecReload") not in worker
+    assert one(worker, "SyslogIdentifier") == "musiqd-worker"
+    different = {key for key in service.keys() | worker.keys() if service.get(key) != worker.get(key)}
+    assert different == {
+        ("Service", "ExecStart"), ("Service", "ExecReload"), ("Service", "SyslogIdentifier"),
+        ("Unit", "Description"),
+    }  # fmt: skip
+
+
+@needs_analyze
+def test_systemd_analyze_verify_worker_unit(tmp_path: Path) -> None:
+    unit = tmp_path / "musiqd-worker.service"
+    shutil.copyfile(WORKER_UNIT, unit)
+    drop_ins = tmp_path / "musiqd-worker.service.d"
+    drop_ins.mkdir()
+    stand_in = tmp_path / "musiqd"
+    stand_in.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    stand_in.chmod(0o755)
+    (drop_ins / "zz-test-exec.conf").write_text(f"[Service]\nExecStart=\nExecStart={stand_in} worker\n")
+    assert ANALYZE is not None
+    result = subprocess.run(
+        [ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr

@@ -19,6 +19,7 @@ from typing import Final
 from musiq_daemon.config import Config
 from musiq_daemon.daemon import registry
 from musiq_daemon.daemon.state import read_state
+from musiq_daemon.daemon.systemd import sd_notify, watchdog_interval
 from musiq_daemon.daemon.worker import Worker
 from musiq_daemon.index.db import open_index
 from musiq_daemon.paths import PathMap
@@ -67,11 +68,15 @@ def run_workers(config: Config, files: PathMap) -> int:
     ]
     for thread in threads:
         thread.start()
+    sd_notify("READY=1")
     where = f", paths mapped {files.describe()}" if files else ""
     log.info("%d worker%s: %s on %s%s", len(workers), "s" if len(workers) != 1 else "",
              ", ".join(config.models), device, where)  # fmt: skip
+    ping = watchdog_interval()
     try:
         while not stop.is_set():
+            if ping:
+                sd_notify("WATCHDOG=1")
             try:
                 row = read_state(db)
                 if row is not None and row.paused:
@@ -87,7 +92,7 @@ def run_workers(config: Config, files: PathMap) -> int:
                                   done=stats.done, failed=stats.failed, busy_s=stats.busy_s)  # fmt: skip
             except Exception as exc:  # the database briefly unreachable: the workers go on, so does this
                 log.warning("heartbeat: %s; retrying", str(exc).splitlines()[0])
-            stop.wait(BEAT_S)
+            stop.wait(min(BEAT_S, ping) if ping else BEAT_S)
     finally:
         stop.set()
         for thread in threads:
@@ -100,5 +105,6 @@ def run_workers(config: Config, files: PathMap) -> int:
             except Exception as exc:
                 log.warning("cannot record the stop: %s", str(exc).splitlines()[0])
         db.close()
+    sd_notify("STOPPING=1")
     log.info("stopped")
     return 0
