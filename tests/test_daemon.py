@@ -29,7 +29,7 @@ from typer.testing import CliRunner, Result
 
 from musiq_daemon.cli import app
 from musiq_daemon.config import DEFAULT_EXCLUDE, Config
-from musiq_daemon.daemon.lock import InstanceLock
+from musiq_daemon.daemon.lock import RootLocks, daemon_running
 from musiq_daemon.daemon.mounts import MountTable
 from musiq_daemon.daemon.scan import ingest_file, scan_root
 from musiq_daemon.daemon.state import read_state
@@ -591,10 +591,8 @@ def test_systemd_notify_journal_single_instance_and_sigterm(
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert second.returncode == 13
-    assert (
-        f"musiqd: error: another musiqd is already running on sqlite:///{tmp_path / 'index.sqlite3'} (pid "
-        in (second.stderr)
-    )
+    assert "musiqd: error: another musiqd already watches " in second.stderr
+    assert f"with the index sqlite:///{tmp_path / 'index.sqlite3'} (pid " in second.stderr
     assert str(d.proc.pid) in second.stderr  # type: ignore[union-attr]
 
     # SIGTERM while scoring a backlog: a clean exit within 5 s, nothing left running.
@@ -977,12 +975,25 @@ def test_observer_choice_from_mounts(tmp_path: Path) -> None:
 
 
 def test_instance_lock_and_sd_notify(tmp_path: Path) -> None:
+    """One watcher per root: a second daemon on the same root is refused, on another root of the same
+    index it is not (workers score the shared queue)."""
     url = f"sqlite:///{tmp_path / 'index.sqlite3'}"
-    lock = InstanceLock.acquire(url)
-    with pytest.raises(AlreadyRunningError, match=rf"already running on {url} \(pid {os.getpid()}\)"):
-        InstanceLock.acquire(url)
+    a, b = tmp_path / "a", tmp_path / "b"
+    lock = RootLocks.acquire(url, [a])
+    with pytest.raises(
+        AlreadyRunningError, match=rf"already watches {a} with the index {url} \(pid {os.getpid()}\)"
+    ):
+        RootLocks.acquire(url, [b, a])
+    other = RootLocks.acquire(url, [b])  # the failed attempt let go of b
+    assert (
+        daemon_running(url, [a])
+        and daemon_running(url, [b])
+        and daemon_running(url, [tmp_path / "c"]) is None
+    )
     lock.release()
-    InstanceLock.acquire(url).release()  # free again
+    other.release()
+    assert daemon_running(url, [a]) is False
+    RootLocks.acquire(url, [a, b]).release()  # free again
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(tmp_path / "notify"))
     assert sd_notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "notify")})
@@ -1080,3 +1091,25 @@ def test_one_watcher_two_workers_one_killed_on_postgresql(
         db.close()
     code, _ = daemon.stop()
     assert code == 0
+
+
+@pytest.mark.skipif(
+    PG_URL is None, reason="needs PostgreSQL: set MUSIQD_TEST_DATABASE_URL (.ci/run starts one)"
+)
+def test_one_watcher_per_root_across_machines_on_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines (here: two data folders, so no shared lock file) sharing a PostgreSQL index: the
+    server's advisory lock keeps a second watcher off a root the first watches, not off another root."""
+    assert PG_URL is not None
+    root, other = tmp_path / "photos", tmp_path / "more"
+    monkeypatch.setenv("MUSIQD_DATA_DIR", str(tmp_path / "nas"))
+    first = RootLocks.acquire(PG_URL, [root])
+    try:
+        monkeypatch.setenv("MUSIQD_DATA_DIR", str(tmp_path / "desktop"))
+        with pytest.raises(AlreadyRunningError, match="on this or another machine"):
+            RootLocks.acquire(PG_URL, [root])
+        RootLocks.acquire(PG_URL, [other]).release()
+    finally:
+        first.release()
+    RootLocks.acquire(PG_URL, [root]).release()  # the first one's session ended: free again

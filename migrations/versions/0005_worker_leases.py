@@ -3,7 +3,7 @@
 ``jobs.lease_owner`` names the process that claimed a running job and ``jobs.lease_expires_at`` says until
 when its claim holds; the owner renews it while it works, and any process may take the job back once the
 lease has run out (the owner died, or lost its machine). ``workers`` has one row per scoring process
-(the daemon's workers and ``musiqd worker``), for ``musiqd status``.
+(the daemon's workers, ``musiqd worker``) and per watcher (a daemon, with its roots), for ``musiqd status``.
 
 Revision ID: 0005
 Revises: 0004
@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("device", sa.String(length=16), nullable=True),
         sa.Column("models", sa.Text(), nullable=True),
         sa.Column("path_map", sa.Text(), nullable=True),
+        sa.Column("roots", sa.Text(), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("started_at", musiq_daemon.index.models.UTCDateTime(), nullable=False),
         sa.Column("heartbeat_at", musiq_daemon.index.models.UTCDateTime(), nullable=False),

@@ -123,13 +123,17 @@ def status(
     from musiq_daemon.daemon.lock import daemon_running
     from musiq_daemon.daemon.queue import queue_counts, recent_failures
     from musiq_daemon.daemon.state import read_state
+    from musiq_daemon.index.paths import decode_path
 
     db = _open(load(config, {"database": database}))
     try:
         row = read_state(db)
         counts = queue_counts(db)
         failures = recent_failures(db, limit=5)
-        running_here = daemon_running(db.url)
+        watched = (
+            [Path(decode_path(r)) for r in json.loads(row.roots)] if row is not None and row.roots else []
+        )
+        running_here = daemon_running(db.url, watched)
         helpers = registry.live(db)
     finally:
         db.close()
@@ -169,6 +173,7 @@ def status(
             "failed": w.failed,
             "throughput_per_min": round(w.done / w.busy_s * 60, 2) if w.busy_s > 0 else None,
             "heartbeat_at": _iso(w.heartbeat_at),
+            "roots": [decode_path(r) for r in json.loads(w.roots)] if w.roots else [],
         }
         for w in helpers
     ]  # fmt: skip
@@ -207,6 +212,12 @@ def _status_text(info: dict[str, Any]) -> str:
     if info.get("message"):
         lines.append(f"note:       {info['message']}")
     for w in info.get("workers", []):
+        if w["kind"] == "watcher":
+            lines.append(
+                f"watcher:    {w['host']} pid {w['pid']} ({w['state']}): {', '.join(w['roots']) or '-'}, "
+                f"last beat {w['heartbeat_at']}"
+            )
+            continue
         speed = f"{w['throughput_per_min']:.1f} photos/min" if w["throughput_per_min"] is not None else "idle"
         mapped = f", paths {w['path_map']}" if w["path_map"] else ""
         lines.append(
@@ -241,18 +252,20 @@ def resume(config: Path | None = CONFIG_OPTION, database: str = DB_OPTION) -> No
 
 
 def _set_paused(config: Path | None, database: str | None, *, paused: bool) -> None:
-    from musiq_daemon.daemon.lock import daemon_running
+    from musiq_daemon.daemon import registry
     from musiq_daemon.daemon.state import set_paused
 
     db = _open(load(config, {"database": database}))
     try:
         set_paused(db, paused)
-        running = daemon_running(db.url)
+        running = len(registry.live(db))
     finally:
         db.close()
     word = "paused" if paused else "resumed"
-    note = "within a second" if running else "when the daemon starts (it is not running here)"
-    typer.echo(f"{word}: the daemon follows {note}")
+    if running:
+        typer.echo(f"{word}: {running} scoring process{'es' if running != 1 else ''} follow within seconds")
+    else:
+        typer.echo(f"{word}: the daemon follows when it starts (no scoring process is running)")
 
 
 def rescore(

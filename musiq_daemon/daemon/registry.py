@@ -31,6 +31,7 @@ class Registration:
     device: str | None
     models: str
     path_map: str | None
+    roots: str | None = None  # a watcher's roots (JSON)
 
 
 def register(db: IndexDB, who: Registration) -> None:
@@ -41,7 +42,7 @@ def register(db: IndexDB, who: Registration) -> None:
             row = WorkerRow(id=who.owner, started_at=moment)
             session.add(row)
         row.host, row.pid, row.kind = socket.gethostname(), os.getpid(), who.kind
-        row.device, row.models, row.path_map = who.device, who.models, who.path_map
+        row.device, row.models, row.path_map, row.roots = who.device, who.models, who.path_map, who.roots
         row.state, row.heartbeat_at, row.done, row.failed, row.busy_s = "running", moment, 0, 0, 0.0
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.engine import make_url
 
-from musiq_daemon.daemon.lock import InstanceLock
+from musiq_daemon.daemon.lock import RootLocks
 from musiq_daemon.daemon.mounts import MountTable
 from musiq_daemon.daemon.priority import lower_priority
 from musiq_daemon.daemon.progress import ScanProgressDisplay
@@ -142,6 +142,8 @@ class Service:
         self._started_at = now()
         self._db: IndexDB | None = None
         self._settler: Settler | None = None
+        self._locks: RootLocks | None = None
+        self._watcher_id: str | None = None  # this daemon's row in the registry
         self._device: str | None = None
 
     @staticmethod
@@ -167,7 +169,8 @@ class Service:
         from musiq_daemon.index.db import open_index
 
         url = url_for(self.config.database)
-        lock = InstanceLock.acquire(url)
+        locks = RootLocks.acquire(url, self.config.roots)
+        self._locks = locks
         try:
             lower_priority(self.config.nice, self.config.ioclass)
             self._db = open_index(self.config.database)
@@ -178,6 +181,14 @@ class Service:
                 log.info("requeued %d photos left running by a previous run", stale.requeued)
             for path, message in stale.given_up:
                 log.warning("%s failed: %s", path, message)
+            from musiq_daemon.daemon import registry
+            from musiq_daemon.daemon.queue import owner_id
+
+            self._watcher_id = owner_id()
+            registry.register(self.db, registry.Registration(
+                self._watcher_id, "watcher", None, ",".join(self.config.models), None,
+                _roots_json(self.config.roots),
+            ))  # fmt: skip
             write_state(self.db, pid=os.getpid(), host=socket.gethostname(), state="starting",
                         started_at=self._started_at, heartbeat_at=now(), done=0, failed=0, busy_s=0.0,
                         roots=_roots_json(self.config.roots), models=",".join(self.config.models),
@@ -198,7 +209,7 @@ class Service:
             return 0
         finally:
             self._shutdown()
-            lock.release()
+            locks.release()
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -238,6 +249,14 @@ class Service:
         if self._db is not None:
             try:
                 write_state(self.db, state="stopped", heartbeat_at=now(), **self._stats())
+                if self._watcher_id is not None:
+                    from musiq_daemon.daemon import registry
+
+                    for worker, _thread, _stop in self._workers:  # those that did not stop in time
+                        mine = worker.stats()
+                        registry.beat(self.db, worker.owner, state="stopped", done=mine.done,
+                                      failed=mine.failed, busy_s=mine.busy_s)  # fmt: skip
+                    registry.beat(self.db, self._watcher_id, state="stopped", **self._stats())
             except Exception as exc:  # the database may be the reason we stop
                 log.warning("cannot record the stopped state: %s", exc)
             self.db.close()
@@ -298,6 +317,8 @@ class Service:
                     message="; ".join(f"root {u}" for u in unavailable) or None, **stats)  # fmt: skip
         from musiq_daemon.daemon import registry
 
+        if self._watcher_id is not None:
+            registry.beat(self.db, self._watcher_id, state=state, **stats)
         for worker, _thread, _stop in list(self._workers):
             mine = worker.stats()
             registry.beat(self.db, worker.owner, state="paused" if self._paused.is_set() else "running",
@@ -596,6 +617,12 @@ class Service:
         if not changed:
             log.info("SIGHUP: configuration unchanged")
             return
+        if "roots" in changed and self._locks is not None:
+            try:
+                self._locks.update(new.roots)
+            except MusiqError as exc:
+                log.error("configuration not reloaded, keeping the running one: %s", exc.message)
+                return
         for name in changed:
             if name == "database":
                 log.info("config: database changed (applies after a restart)")

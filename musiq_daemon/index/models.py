@@ -178,10 +178,11 @@ class WorkerRow(Base):
     id: Mapped[str] = mapped_column(String(120), primary_key=True)  # host:pid:random
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16))  # "daemon" or "worker"
+    kind: Mapped[str] = mapped_column(String(16))  # "watcher", "daemon" (its workers) or "worker"
     device: Mapped[str | None] = mapped_column(String(16))
     models: Mapped[str | None] = mapped_column(Text)  # comma-separated model ids
     path_map: Mapped[str | None] = mapped_column(Text)  # "INDEX=LOCAL;..." as the worker sees the photos
+    roots: Mapped[str | None] = mapped_column(Text)  # a watcher's roots, JSON list in encode_path form
     state: Mapped[str] = mapped_column(String(16))  # running, paused, stopped
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
