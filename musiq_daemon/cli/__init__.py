@@ -44,7 +44,7 @@ EPILOG = """Exit codes: 0 success; 1 some photos failed; 2 bad usage or configur
 problem; 4 unreadable image; 5 device unavailable; 6 conversion failed; 7 download failed; 8 index
 database unreadable or from a newer musiqd; 9 a file could not be written; 10 read-only file or folder;
 11 disk full; 12 the file changed while musiqd was writing it (retried later); 13 another musiqd daemon
-already runs on the same index."""
+already watches the same root."""
 
 app = typer.Typer(
     name="musiqd",

@@ -60,8 +60,8 @@ def watch(
 
     Settings come from the configuration file and the environment; these options override both (see
     `musiqd config show`). Logs go to stderr (journald-friendly under systemd). Stop with SIGTERM or
-    Ctrl-C; SIGHUP reloads the configuration (options given here stay). One daemon per index database
-    (exit code 13 for a second one).
+    Ctrl-C; SIGHUP reloads the configuration (options given here stay). One daemon per root (exit code 13
+    for a second one on the same root); `musiqd worker` adds scoring processes to the same queue.
     """
     from musiq_daemon.daemon.service import run_service
     from musiq_daemon.daemon.systemd import configure_logging
