@@ -258,7 +258,7 @@ def _set_paused(config: Path | None, database: str | None, *, paused: bool) -> N
     db = _open(load(config, {"database": database}))
     try:
         set_paused(db, paused)
-        running = len(registry.live(db))
+        running = sum(1 for row in registry.live(db) if row.kind != "watcher")
     finally:
         db.close()
     word = "paused" if paused else "resumed"
