@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -621,3 +622,38 @@ def test_a_link_inside_the_root_is_followed(
     assert outside_root(real_root / "latest" / "a.jpg", linked_root) is None
     outcome = make_worker(db, scorers).run_once()
     assert outcome is not None and outcome.result == "done"
+
+
+def test_leases_keep_live_owners_jobs_and_free_expired_ones(db: IndexDB, tmp_path: Path) -> None:
+    """A job claimed by a worker on another machine stays its own while the lease is renewed, and goes
+    back to the queue (no attempt counted) once the lease has run out: that worker is gone."""
+    add_photos(db, tmp_path, ["a.jpg", "b.jpg"])
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    remote = "desktop:4242:cafe0001"  # not this machine: only its lease says whether it lives
+    job = queue.claim(db, owner=remote, lease_s=60, now=start)
+    assert job is not None
+    later = start + timedelta(seconds=45)
+    assert queue.requeue_stale(db, now=later).requeued == 0  # the lease holds
+    assert queue.renew_leases(db, remote, lease_s=60, now=later) == 1
+    assert queue.requeue_stale(db, now=start + timedelta(seconds=100)).requeued == 0  # renewed at 45 s
+    assert queue.requeue_stale(db, now=start + timedelta(seconds=106)).requeued == 1  # expired at 105 s
+    row = next(j for j in jobs(db).values() if j.id == job.job_id)
+    assert (row.state, row.attempts, row.interrupted, row.lease_owner) == ("pending", 0, 1, None)
+
+
+def test_a_dead_local_owner_loses_its_jobs_at_once(db: IndexDB, tmp_path: Path) -> None:
+    """A worker of this machine whose process is gone: its jobs are taken back without waiting for the
+    lease; a live one's are not."""
+    add_photos(db, tmp_path, ["a.jpg", "b.jpg"])
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    gone_owner = f"{socket.gethostname()}:{int(dead.stdout)}:00000000"
+    live_owner = queue.owner_id()
+    assert queue.owner_gone(gone_owner) and not queue.owner_gone(live_owner)
+    first = queue.claim(db, owner=gone_owner)
+    second = queue.claim(db, owner=live_owner)
+    assert first is not None and second is not None
+    assert queue.requeue_stale(db).requeued == 1
+    states = {j.id: j.state for j in jobs(db).values()}
+    assert states == {first.job_id: "pending", second.job_id: "running"}
