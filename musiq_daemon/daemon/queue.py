@@ -10,7 +10,7 @@ A job is ``pending`` until :func:`claim` makes it ``running``; :func:`complete` 
 :func:`fail` makes it ``pending`` again with a delay while retries are left, then ``failed``;
 :func:`release` gives a claimed job back untouched. Every change is one short transaction, so the queue
 survives restarts and ``kill -9``: jobs left ``running`` by a dead process are pending again after
-:func:`requeue_stale`.
+:func:`requeue_stale` (see Leases).
 
 Every function takes an :class:`~musiq_daemon.index.IndexDB` (and runs its own transaction) or a
 ``Session`` (and joins the caller's transaction: the worker records a score and completes its job in one
@@ -52,6 +52,17 @@ Interrupted attempts
     the daemon. A photo that was only waiting next to the culprit is interrupted once, then scored alone,
     its attempts untouched. :func:`release` (a deliberate stop, a file that is still changing) counts
     nothing either.
+
+Leases
+    Several processes, on several machines, may take jobs from one queue (the daemon's workers and
+    ``musiqd worker``). A claim records its owner (:func:`owner_id`: host, pid, a random part) and a lease
+    (:data:`LEASE_S`); the owner renews it every quarter lease (:func:`renew_leases`). Any process may call
+    :func:`requeue_stale`: it takes back only jobs whose lease ran out, whose owner is a process of this
+    machine that no longer exists, or that have no owner; a live owner's jobs are never taken. Lease times
+    come from the claiming machine's clock: machines sharing an index keep their clocks in sync (NTP),
+    within a fraction of the lease. PostgreSQL job libraries (procrastinate, for one) were considered and
+    not used: they are PostgreSQL-only while SQLite stays the single-machine default, and this queue's
+    rules (one job per photo and model, file versions, suspects after a kill) are the point of it.
 
 Moves
     See :func:`adopt_moved`: scores follow the content hash from a vanished file to the new one.
