@@ -245,7 +245,7 @@ def test_cli_formats(library: tuple[IndexDB, Path]) -> None:
     assert [r["score"] for r in rows] == [4.6, 4.0, 4.0]
     assert set(rows[0]) == {
         "path", "score", "raw", "model", "model_version", "variant", "resolution_policy", "scored_at", "date",
-        "width", "height", "format", "content_hash", "error",
+        "width", "height", "format", "content_hash", "error", "burst",
     }  # fmt: skip
     jsonl = [json.loads(x) for x in musiqd(["query", "--min", "4", "-f", "jsonl"], db).stdout.splitlines()]
     assert jsonl == rows

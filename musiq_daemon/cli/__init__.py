@@ -17,6 +17,7 @@ from typing import Any, Final, NoReturn
 import typer
 
 from musiq_daemon.cli import config as config_cmd
+from musiq_daemon.cli import cull as cull_cmd
 from musiq_daemon.cli import daemon as daemon_cmd
 from musiq_daemon.cli import db as db_cmd
 from musiq_daemon.cli import models as models_cmd
@@ -61,6 +62,7 @@ app.add_typer(config_cmd.app, name="config")
 app.command("score")(score_cmd.score)
 app.command("query")(query_cmd.query)
 app.command("stats")(query_cmd.show_stats)
+app.command("cull", short_help="Group bursts of near-identical shots; pick the best of each.")(cull_cmd.cull)
 # The overview lists the daemon's commands with these summaries (their first sentences are too long).
 app.command("watch", short_help="Run the daemon: score photos in folders as they arrive.")(daemon_cmd.watch)
 app.command("worker", short_help="Score queued photos without watching (more cores, another machine).")(

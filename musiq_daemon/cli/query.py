@@ -51,13 +51,18 @@ def query(
         "score", "--sort", help="score (best first), path or date (newest first); + or - to flip."
     ),
     limit: int = typer.Option(None, "--limit", help="At most this many photos."),
+    best_of_burst: bool = typer.Option(
+        False,
+        "--best-of-burst",
+        help="One photo per burst (its best, see musiqd cull), and every other photo.",
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, paths or paths0."),
     database: str = PLAIN_DB_OPTION,
 ) -> None:
     """Find photos by score. Exit codes: 0 found (or none); 2 bad options; 8 index unreadable or too new.
 
     json/jsonl/csv fields: path, score, raw, model, model_version, variant, resolution_policy, scored_at,
-    date, width, height, format, content_hash, error. paths0 separates paths with NUL (for xargs -0).
+    date, width, height, format, content_hash, error, burst. paths0 separates paths with NUL (for xargs -0).
     """
     from musiq_daemon.index.queries import ScoreQuery, iter_paths, run_query
     from musiq_daemon.index.reader import open_reader
@@ -69,6 +74,7 @@ def query(
     q = ScoreQuery(
         model=model_id, min_score=min_score, max_score=max_score, under=under, since=_date(since, "--since"),
         until=_date(until, "--until"), missing=missing, failed=failed, sort=sort, limit=limit,
+        best_of_burst=best_of_burst,
     )  # fmt: skip
     q.validate()
     reader = open_reader(database)

@@ -87,9 +87,31 @@ class Photo(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     missing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # What `musiqd cull` groups by, read once per file version: EXIF make and model, the capture time with
+    # its sub-seconds (ms since the epoch), a 64-bit perceptual hash (signed, as databases store it).
+    camera: Mapped[str | None] = mapped_column(String(200))
+    taken_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    phash: Mapped[int | None] = mapped_column(BigInteger)
+    # No foreign key (see migration 0006): `cull` clears a photo's burst before it deletes the burst.
+    burst_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
     scores: Mapped[list[Score]] = relationship(back_populates="photo", cascade="all, delete-orphan")
     jobs: Mapped[list[Job]] = relationship(back_populates="photo", cascade="all, delete-orphan")
+
+
+class Burst(Base):
+    """Near-identical shots of one scene (same camera, seconds apart, perceptually alike): `musiqd cull`."""
+
+    __tablename__ = "bursts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    camera: Mapped[str | None] = mapped_column(String(200))
+    first_taken: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_taken: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    size: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(String(64))  # whose score chose the best
+    best_photo_id: Mapped[int | None] = mapped_column(Integer)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Score(Base):

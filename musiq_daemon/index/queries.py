@@ -44,6 +44,7 @@ class ScoreQuery:
     sort: str = "score"  # score|path|date, optionally suffixed + (ascending) or - (descending)
     limit: int | None = None
     include_vanished: bool = False  # also photos whose file has disappeared
+    best_of_burst: bool = False  # one photo per burst (its best-scored), and every photo of no burst
 
     def validate(self) -> None:
         if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
@@ -85,10 +86,11 @@ class ResultRow:
     format: str | None
     content_hash: str | None
     error: str | None = None
+    burst: int | None = None  # the burst (musiqd cull) the photo belongs to
 
     FIELDS = (
         "path", "score", "raw", "model", "model_version", "variant", "resolution_policy", "scored_at",
-        "date", "width", "height", "format", "content_hash", "error",
+        "date", "width", "height", "format", "content_hash", "error", "burst",
     )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def _under_sql(reader: Reader, under: Path, params: dict[str, Any]) -> str:
 #: The columns of a result row after the path (root, rel_path).
 _DETAIL = (
     "s.score, s.raw, s.model_version, s.variant, s.resolution_policy, s.scored_at, p.taken_at, p.width, "
-    "p.height, p.format, p.content_hash, j.last_error"
+    "p.height, p.format, p.content_hash, j.last_error, p.burst_id"
 )
 
 
@@ -147,6 +149,10 @@ def _sql(reader: Reader, q: ScoreQuery, *, paths_only: bool = False) -> tuple[st
         where.append("p.missing_since IS NULL")
     if q.under is not None:
         where.append(f"({_under_sql(reader, q.under, params)})")
+    if q.best_of_burst:
+        where.append(
+            "(p.burst_id IS NULL OR p.id = (SELECT b.best_photo_id FROM bursts b WHERE b.id = p.burst_id))"
+        )
     if q.since is not None:
         where.append("p.taken_at >= :since")
         params["since"] = reader.bind_time(q.since)
@@ -187,9 +193,11 @@ def run_query(source: IndexDB | Reader, q: ScoreQuery, *, batch: int = 2000) -> 
     reader = as_reader(source)
     sql, params = _sql(reader, q)
     model = q.model
-    for root, rel, *scored, date, width, height, fmt, chash, error in reader.rows(sql, params, batch=batch):
+    for root, rel, *scored, date, width, height, fmt, chash, error, burst in reader.rows(
+        sql, params, batch=batch
+    ):
         score, raw, version, variant, policy, scored_at = scored
         yield ResultRow(
             decode_path(root.rstrip("/") + "/" + rel), score, raw, model, version, variant, policy,
-            read_time(scored_at), read_time(date), width, height, fmt, chash, error,
+            read_time(scored_at), read_time(date), width, height, fmt, chash, error, burst,
         )  # fmt: skip

@@ -97,6 +97,8 @@ def upsert_photo(
             root=key_root, rel_path=key_rel, first_seen=seen, size=st.st_size, mtime_ns=st.st_mtime_ns
         )
         session.add(photo)
+    if (photo.size, photo.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        photo.camera = photo.taken_at_ms = photo.phash = None  # another version: `cull` reads it again
     photo.size, photo.mtime_ns, photo.inode = st.st_size, st.st_mtime_ns, st.st_ino
     photo.last_seen, photo.missing_since = seen, None
     if content_hash is not None:

@@ -1,0 +1,102 @@
+"""``musiqd cull``: group bursts of near-identical shots and pick the best-scored photo of each."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from musiq_daemon.cli.options import CONFIG_OPTION, DB_OPTION, load
+
+
+def cull(
+    paths: list[Path] = typer.Argument(None, help="Only photos at or below these paths (default: all)."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model whose score picks the best (default: koniq)."
+    ),
+    gap: float = typer.Option(None, "--gap", help="Most seconds between two frames of a burst (default 3)."),
+    max_distance: int = typer.Option(
+        None, "--distance", help="Most perceptual-hash bits (of 63) two frames may differ by (default 18)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per burst."),
+    config: Path | None = CONFIG_OPTION,
+    database: str = DB_OPTION,
+) -> None:
+    """Group bursts (same camera, seconds apart, alike) among the indexed photos; the best-scored photo of
+    each is what `musiqd query --best-of-burst` lists. Score the photos first (musiqd score or the daemon).
+    """
+    from musiq_daemon.catalogue import load_catalogue
+    from musiq_daemon.cull import DEFAULT_GAP_S, DEFAULT_MAX_DISTANCE, group_bursts
+    from musiq_daemon.daemon.queue import under_condition
+    from musiq_daemon.errors import UsageError
+    from musiq_daemon.index.bursts import load_shots, record_bursts
+    from musiq_daemon.index.db import open_index
+
+    if gap is not None and gap <= 0:
+        raise UsageError(f"--gap must be a positive number of seconds (got {gap:g})")
+    if max_distance is not None and not 0 <= max_distance <= 63:
+        raise UsageError(f"--distance must be between 0 and 63 bits (got {max_distance})")
+    settings = load(config, {"database": database})
+    catalogue = load_catalogue()
+    model_id = catalogue.get(model or catalogue.default_model).id
+    db = open_index(settings.database, create=False)
+    try:
+        where = None
+        if paths:
+            from sqlalchemy import or_
+
+            where = or_(*(under_condition(db, p) for p in paths))
+
+        def progress(done: int, total: int) -> None:
+            if done % 500 == 0 or done == total:
+                print(
+                    f"musiqd: read {done}/{total} photos", file=sys.stderr, end="\r" if done < total else "\n"
+                )
+
+        with db.session() as session:
+            shots = load_shots(
+                session, model_id, where=where, progress=progress if sys.stderr.isatty() else None
+            )
+            groups = group_bursts(
+                shots,
+                gap_s=DEFAULT_GAP_S if gap is None else gap,
+                max_distance=DEFAULT_MAX_DISTANCE if max_distance is None else max_distance,
+            )
+            bursts = record_bursts(session, shots, groups, model_id)
+            lines: list[dict[str, Any]] = []
+            for burst, group in zip(bursts, groups, strict=True):
+                lines.append(
+                    {
+                        "burst": burst.id,
+                        "camera": burst.camera,
+                        "first_taken": burst.first_taken.isoformat() if burst.first_taken else None,
+                        "last_taken": burst.last_taken.isoformat() if burst.last_taken else None,
+                        "model": model_id,
+                        "best": str(next(s.path for s in group if s.photo_id == burst.best_photo_id))
+                        if burst.best_photo_id is not None
+                        else None,
+                        "photos": [{"path": str(s.path), "score": s.score} for s in group],
+                    }
+                )
+    finally:
+        db.close()
+    for line in lines:
+        if as_json:
+            typer.echo(json.dumps(line, ensure_ascii=False))
+            continue
+        when = (line["first_taken"] or "?")[:19].replace("T", " ")
+        camera = line["camera"] or "unknown camera"
+        typer.echo(f"burst {line['burst']}: {len(line['photos'])} photos, {camera}, {when}")
+        for photo in line["photos"]:
+            mark = "best" if photo["path"] == line["best"] else "    "
+            score = "-" if photo["score"] is None else f"{photo['score']:.2f}"
+            typer.echo(f"  {mark} {score:>5}  {photo['path']}")
+    grouped = sum(len(line["photos"]) for line in lines)
+    typer.echo(
+        f"musiqd: {len(lines)} burst{'s' if len(lines) != 1 else ''} of {grouped} photos among {len(shots)}; "
+        f"{len(shots) - grouped} photos stand alone",
+        err=True,
+    )

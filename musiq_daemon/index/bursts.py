@@ -1,0 +1,86 @@
+"""Bursts in the index: the photos `musiqd cull` groups, their cached features, and the groups it made."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, and_, delete, exists, select, update
+from sqlalchemy.orm import Session
+
+from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
+from musiq_daemon.errors import MusiqError
+from musiq_daemon.index.models import Burst, Photo, Score
+from musiq_daemon.index.paths import decode_path
+
+log = logging.getLogger("musiqd.cull")
+
+
+def load_shots(
+    session: Session,
+    model_id: str,
+    *,
+    where: ColumnElement[bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Shot]:
+    """Every present photo (matching ``where``, a condition on Photo) with its latest score of
+    ``model_id``; camera, capture time and perceptual hash are read from the file where the index has none
+    for this version of it, and kept."""
+    query = (
+        select(Photo, Score.score)
+        .outerjoin(
+            Score, and_(Score.photo_id == Photo.id, Score.model_id == model_id, Score.is_latest.is_(True))
+        )
+        .where(Photo.missing_since.is_(None))
+        .order_by(Photo.id)
+    )
+    if where is not None:
+        query = query.where(where)
+    rows = session.execute(query).all()
+    shots = []
+    for number, (photo, score) in enumerate(rows, 1):
+        path = Path(decode_path(photo.root)) / decode_path(photo.rel_path)
+        if photo.phash is None:
+            try:
+                photo.camera, photo.taken_at_ms = camera_and_time(path)
+                photo.phash = perceptual_hash(path)
+            except (MusiqError, OSError) as exc:
+                log.info("%s: not grouped (%s)", path, exc)
+        if progress is not None:
+            progress(number, len(rows))
+        shots.append(Shot(photo.id, path, photo.camera, photo.taken_at_ms, photo.phash, score))
+    session.flush()
+    return shots
+
+
+def record_bursts(
+    session: Session, considered: Sequence[Shot], groups: Sequence[Sequence[Shot]], model_id: str
+) -> list[Burst]:
+    """Replace the bursts of the ``considered`` photos by ``groups`` (bursts of other photos stay)."""
+    ids = [shot.photo_id for shot in considered]
+    for start in range(0, len(ids), 500):
+        session.execute(update(Photo).where(Photo.id.in_(ids[start : start + 500])).values(burst_id=None))
+    session.execute(delete(Burst).where(~exists().where(Photo.burst_id == Burst.id)))
+    moment = datetime.now(UTC)
+    made = []
+    for group in groups:
+        best = best_of(group)
+        first, last = group[0].taken_ms, group[-1].taken_ms
+        burst = Burst(
+            camera=group[0].camera,
+            first_taken=datetime.fromtimestamp(first / 1000, UTC) if first is not None else None,
+            last_taken=datetime.fromtimestamp(last / 1000, UTC) if last is not None else None,
+            size=len(group),
+            model_id=model_id,
+            best_photo_id=best.photo_id if best is not None else None,
+            decided_at=moment,
+        )
+        session.add(burst)
+        session.flush()
+        session.execute(
+            update(Photo).where(Photo.id.in_([s.photo_id for s in group])).values(burst_id=burst.id)
+        )
+        made.append(burst)
+    return made

@@ -1,0 +1,160 @@
+"""Culling: bursts grouped by camera, capture time and perceptual similarity; the best-scored photo of each
+listed by `musiqd query --best-of-burst`. Real JPEGs with camera EXIF, the real commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from imagegen import camera_exif, scene
+from PIL import Image, ImageFilter
+
+from musiq_daemon.cull import Shot, best_of, camera_and_time, distance, group_bursts, perceptual_hash
+
+MUSIQD = [sys.executable, "-m", "musiq_daemon"]
+START = datetime(2024, 5, 1, 10, 0, 1)
+
+
+def save(
+    image: Image.Image, path: Path, taken: datetime, *, model: str = "Canon EOS R5", quality: int = 92
+) -> Path:
+    exif = camera_exif(make=model.split()[0], model=model, taken=taken)
+    image.save(path, quality=quality, exif=exif)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shoot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[Path]]:
+    """Five shots of one scene a second apart (sharp, blurred, more blurred, heavily recompressed, slightly
+    cropped) and three unrelated photos: one from the same camera in the middle of the burst, one from the
+    same camera five minutes later, one from another camera at the same time."""
+    folder = tmp_path_factory.mktemp("shoot")
+    base = Image.fromarray(scene(1200, 800, seed=3))
+    width, height = base.size
+    frames = [
+        base,
+        base.filter(ImageFilter.GaussianBlur(2)),
+        base.filter(ImageFilter.GaussianBlur(6)),
+        base,
+        base.crop((36, 24, width - 36, height - 24)).resize((width, height)),
+    ]
+    burst = [
+        save(frame, folder / f"IMG_{i:04d}.JPG", START + timedelta(seconds=i), quality=8 if i == 3 else 92)
+        for i, frame in enumerate(frames)
+    ]
+    other = Image.fromarray(scene(1200, 800, seed=5)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    upside = Image.fromarray(scene(1200, 800, seed=9)).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    turned = Image.fromarray(scene(800, 1200, seed=11)).transpose(Image.Transpose.ROTATE_90)
+    unrelated = [
+        save(other, folder / "IMG_0100.JPG", START + timedelta(seconds=2, milliseconds=500)),
+        save(upside, folder / "IMG_0200.JPG", START + timedelta(minutes=5)),
+        save(turned, folder / "DSC_0001.JPG", START + timedelta(seconds=2), model="NIKON Z 6"),
+    ]
+    return folder, burst, unrelated
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(MUSIQD + args, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    return result
+
+
+def test_one_burst_of_five_and_the_best_of_it(
+    env: dict[str, str], shoot: tuple[Path, list[Path], list[Path]], tmp_path: Path
+) -> None:
+    folder, burst, unrelated = shoot
+    index = str(tmp_path / "index.sqlite3")
+    scored = run(["score", str(folder), "--json", "--db", index, "--variant", "fp32"], env)
+    scores = {Path(r["path"]).name: r["score"] for r in map(json.loads, scored.stdout.splitlines())}
+    culled = run(["cull", str(folder), "--json", "--db", index], env)
+    (group,) = [json.loads(line) for line in culled.stdout.splitlines()]
+    assert sorted(Path(p["path"]).name for p in group["photos"]) == sorted(p.name for p in burst)
+    assert group["camera"] == "Canon EOS R5" and group["model"] == "koniq"
+    best = max(burst, key=lambda p: scores[p.name])
+    assert group["best"] == str(best)
+    assert "1 burst of 5 photos among 8; 3 photos stand alone" in culled.stderr
+
+    listed = json.loads(run(["query", "--best-of-burst", "--format", "json", "--db", index], env).stdout)
+    assert sorted(Path(r["path"]).name for r in listed) == sorted([best.name] + [p.name for p in unrelated])
+    every = json.loads(run(["query", "--format", "json", "--db", index], env).stdout)
+    bursts = {Path(r["path"]).name: r["burst"] for r in every}
+    assert {bursts[p.name] for p in burst} == {group["burst"]}
+    assert all(bursts[p.name] is None for p in unrelated)
+
+    table = run(["cull", str(folder), "--db", index], env).stdout  # again: the same grouping, as text
+    first = table.splitlines()[0]
+    assert first.startswith("burst ") and ": 5 photos, Canon EOS R5, 2024-05-01" in first
+    assert sum(line.startswith("  best ") for line in table.splitlines()) == 1
+
+
+def test_cull_refuses_bad_options_and_a_missing_index(env: dict[str, str], tmp_path: Path) -> None:
+    for args, message in (
+        (["--gap", "0"], "--gap must be a positive number"),
+        (["--distance", "64"], "--distance must be between 0 and 63"),
+        ([], "no index at"),
+    ):
+        result = subprocess.run(
+            [*MUSIQD, "cull", *args, "--db", str(tmp_path / "none.sqlite3")],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode in (2, 8) and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_hash_sees_the_same_scene_through_blur_recompression_and_crops(
+    shoot: tuple[Path, list[Path], list[Path]],
+) -> None:
+    _, burst, unrelated = shoot
+    hashes = [perceptual_hash(p) for p in burst]
+    others = [perceptual_hash(p) for p in unrelated]
+    assert max(distance(a, b) for a in hashes for b in hashes) <= 10
+    assert min(distance(a, b) for a in hashes for b in others) >= 24
+    assert camera_and_time(burst[0])[0] == "Canon EOS R5" and camera_and_time(unrelated[2])[0] == "NIKON Z 6"
+    assert camera_and_time(burst[1])[1] == camera_and_time(burst[0])[1] + 1000  # type: ignore[operator]
+
+
+def shot(photo_id: int, seconds: float, phash: int, camera: str = "cam", score: float | None = 3.0) -> Shot:
+    return Shot(photo_id, Path(f"/p/{photo_id}.jpg"), camera, round(seconds * 1000), phash, score)
+
+
+def test_grouping_rules() -> None:
+    a, b = 0, (1 << 40) - 1  # 40 bits apart
+    shots = [
+        shot(1, 0.0, a), shot(2, 1.0, b), shot(3, 1.5, a | 1), shot(4, 2.5, b),  # two interleaved bursts
+        shot(5, 10.0, a),  # too late for the first
+        shot(6, 0.5, a, camera="other"),  # another camera
+        Shot(7, Path("/p/7.jpg"), "cam", None, a, 3.0),  # no capture time: never grouped
+    ]  # fmt: skip
+    groups = group_bursts(shots, gap_s=3.0, max_distance=5)
+    assert [[s.photo_id for s in g] for g in groups] == [[1, 3], [2, 4]]
+    assert group_bursts(shots, gap_s=20.0, max_distance=5)[0] == [shots[0], shots[2], shots[4]]
+    assert best_of([shot(1, 0, a, score=3.0), shot(2, 1, a, score=4.0), shot(3, 2, a, score=4.0)]) == shot(
+        2, 1, a, score=4.0
+    )
+    assert best_of([shot(1, 0, a, score=None)]) is None
+
+
+def test_a_new_version_of_a_photo_is_read_again(tmp_path: Path) -> None:
+    """The features are cached per file version: a rewritten photo gets its hash read again."""
+    from musiq_daemon.index.bursts import load_shots
+    from musiq_daemon.index.db import open_index
+    from musiq_daemon.index.records import upsert_photo
+
+    path = save(Image.fromarray(scene(400, 300, seed=1)), tmp_path / "a.jpg", START)
+    db = open_index(str(tmp_path / "index.sqlite3"))
+    try:
+        with db.session() as session:
+            upsert_photo(session, path, roots=[tmp_path])
+            (first,) = load_shots(session, "koniq")
+        save(Image.fromarray(scene(400, 300, seed=1)).transpose(Image.Transpose.FLIP_TOP_BOTTOM), path, START)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+        with db.session() as session:
+            upsert_photo(session, path, roots=[tmp_path])
+            (second,) = load_shots(session, "koniq")
+    finally:
+        db.close()
+    assert first.phash is not None and second.phash is not None and distance(first.phash, second.phash) > 20
