@@ -23,6 +23,7 @@ from musiq_daemon.cli import db as db_cmd
 from musiq_daemon.cli import models as models_cmd
 from musiq_daemon.cli import query as query_cmd
 from musiq_daemon.cli import score as score_cmd
+from musiq_daemon.cli import serve as serve_cmd
 from musiq_daemon.errors import MusiqError
 from musiq_daemon.version import __version__
 
@@ -62,6 +63,7 @@ app.add_typer(config_cmd.app, name="config")
 app.command("score")(score_cmd.score)
 app.command("query")(query_cmd.query)
 app.command("stats")(query_cmd.show_stats)
+app.command("serve", short_help="A read-only web gallery of the index, sorted by score.")(serve_cmd.serve)
 app.command("cull", short_help="Group bursts of near-identical shots; pick the best of each.")(cull_cmd.cull)
 # The overview lists the daemon's commands with these summaries (their first sentences are too long).
 app.command("watch", short_help="Run the daemon: score photos in folders as they arrive.")(daemon_cmd.watch)

@@ -12,7 +12,7 @@ SQLite index (see ``index.reader``); an open :class:`~musiq_daemon.index.db.Inde
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ class ScoreQuery:
     failed: bool = False  # photos whose scoring by this model failed
     sort: str = "score"  # score|path|date, optionally suffixed + (ascending) or - (descending)
     limit: int | None = None
+    offset: int = 0  # rows to skip first (pages of a gallery)
     include_vanished: bool = False  # also photos whose file has disappeared
     best_of_burst: bool = False  # one photo per burst (its best-scored), and every photo of no burst
 
@@ -57,6 +58,8 @@ class ScoreQuery:
             raise UsageError("--min/--max need scores: they cannot be combined with --missing or --failed")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1 (got {self.limit})")
+        if self.offset < 0:
+            raise UsageError(f"the offset must not be negative (got {self.offset})")
         parse_sort(self.sort)
 
 
@@ -87,6 +90,7 @@ class ResultRow:
     content_hash: str | None
     error: str | None = None
     burst: int | None = None  # the burst (musiqd cull) the photo belongs to
+    photo_id: int | None = None  # the index's id of the photo (not an output column)
 
     FIELDS = (
         "path", "score", "raw", "model", "model_version", "variant", "resolution_policy", "scored_at",
@@ -120,7 +124,7 @@ def _under_sql(reader: Reader, under: Path, params: dict[str, Any]) -> str:
 #: The columns of a result row after the path (root, rel_path).
 _DETAIL = (
     "s.score, s.raw, s.model_version, s.variant, s.resolution_policy, s.scored_at, p.taken_at, p.width, "
-    "p.height, p.format, p.content_hash, j.last_error, p.burst_id"
+    "p.height, p.format, p.content_hash, j.last_error, p.burst_id, p.id"
 )
 
 
@@ -172,9 +176,12 @@ def _sql(reader: Reader, q: ScoreQuery, *, paths_only: bool = False) -> tuple[st
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {order}, p.id"
-    if q.limit is not None:
-        sql += " LIMIT :limit"
-        params["limit"] = q.limit
+    if q.limit is not None or q.offset:
+        sql += " LIMIT :limit"  # SQLite needs a LIMIT for an OFFSET: -1 is none (PostgreSQL: ALL)
+        params["limit"] = q.limit if q.limit is not None else (-1 if reader.dialect == "sqlite" else None)
+    if q.offset:
+        sql += " OFFSET :offset"
+        params["offset"] = q.offset
     return sql, params
 
 
@@ -193,11 +200,21 @@ def run_query(source: IndexDB | Reader, q: ScoreQuery, *, batch: int = 2000) -> 
     reader = as_reader(source)
     sql, params = _sql(reader, q)
     model = q.model
-    for root, rel, *scored, date, width, height, fmt, chash, error, burst in reader.rows(
+    for root, rel, *scored, date, width, height, fmt, chash, error, burst, photo_id in reader.rows(
         sql, params, batch=batch
     ):
         score, raw, version, variant, policy, scored_at = scored
         yield ResultRow(
             decode_path(root.rstrip("/") + "/" + rel), score, raw, model, version, variant, policy,
-            read_time(scored_at), read_time(date), width, height, fmt, chash, error, burst,
+            read_time(scored_at), read_time(date), width, height, fmt, chash, error, burst, photo_id,
         )  # fmt: skip
+
+
+def count_query(source: IndexDB | Reader, q: ScoreQuery) -> int:
+    """How many photos ``q`` finds (without its limit and offset)."""
+    q.validate()
+    reader = as_reader(source)
+    whole = replace(q, limit=None, offset=0)
+    sql, params = _sql(reader, whole, paths_only=True)
+    counted = f"SELECT COUNT(*) FROM ({sql.split(' ORDER BY ')[0]}) AS found"
+    return int(next(iter(reader.rows(counted, params)))[0])
