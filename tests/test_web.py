@@ -99,6 +99,7 @@ def test_gallery_sorted_by_score_with_filters_and_paging(
     page = client.get("/")  # type: ignore[attr-defined]
     assert page.status_code == 200 and names(page.text)[0] == best_first[0]
     assert names(page.text) == best_first and "12 photos, page 1 of 1" in page.text
+    assert "page 1." in client.get("/?under=/").text  # type: ignore[attr-defined]  # no total: no fast count
     worst = client.get("/?sort=score%2B").text  # type: ignore[attr-defined]
     assert names(worst) == best_first[::-1]
     low, high = sorted(scores.values())[3], sorted(scores.values())[8]
@@ -106,12 +107,32 @@ def test_gallery_sorted_by_score_with_filters_and_paging(
     assert ranged and all(low <= scores[n] <= high for n in ranged) and len(ranged) == 6
     paged = client.get("/?per=5&page=2").text  # type: ignore[attr-defined]
     assert names(paged) == best_first[5:10] and 'rel="prev"' in paged and 'rel="next"' in paged
+    # Following the links: next pages start after the last photo shown, previous ones end before the first.
+    url, seen = "/?per=4", []
+    for _ in range(3):
+        html = client.get(url).text  # type: ignore[attr-defined]
+        seen.append(names(html))
+        found = re.search(r'rel="next" href="([^"]+)"', html)
+        url = found.group(1).replace("&amp;", "&") if found else ""
+    assert seen == [best_first[0:4], best_first[4:8], best_first[8:12]] and url == ""
+    back = re.search(r'rel="prev" href="([^"]+)"', html)
+    assert back is not None and "before=" in back.group(1)
+    previous = client.get(back.group(1).replace("&amp;", "&")).text  # type: ignore[attr-defined]
+    assert names(previous) == best_first[4:8]
     culled = names(client.get("/?best=1").text)  # type: ignore[attr-defined]
     burst_best = max((n for n in scores if n.startswith("BURST")), key=lambda n: scores[n])
     assert sorted(culled) == sorted([n for n in scores if not n.startswith("BURST")] + [burst_best])
     newest = names(client.get("/?sort=date").text)  # type: ignore[attr-defined]
     assert newest[0] == "IMG_07.JPG"
-    for bad in ("/?min=abc", "/?page=0", "/?sort=size", "/?since=yesterday", "/?model=nope"):
+    for bad in (
+        "/?min=abc",
+        "/?page=0",
+        "/?sort=size",
+        "/?since=yesterday",
+        "/?model=nope",
+        "/?after=x",
+        "/?sort=date&after=3.1:4",
+    ):
         response = client.get(bad)  # type: ignore[attr-defined]
         assert response.status_code == 400 and "Traceback" not in response.text, bad
 

@@ -12,7 +12,7 @@ SQLite index (see ``index.reader``); an open :class:`~musiq_daemon.index.db.Inde
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,10 @@ class ScoreQuery:
     sort: str = "score"  # score|path|date, optionally suffixed + (ascending) or - (descending)
     limit: int | None = None
     offset: int = 0  # rows to skip first (pages of a gallery)
+    # Keyset paging by score: rows after (or, reversed, before) the row with this (score, photo id) in the
+    # sort order; a gallery's next and previous pages cost the same on page 1 and page 1,000.
+    after: tuple[float, int] | None = None
+    before: tuple[float, int] | None = None
     include_vanished: bool = False  # also photos whose file has disappeared
     best_of_burst: bool = False  # one photo per burst (its best-scored), and every photo of no burst
 
@@ -60,6 +64,10 @@ class ScoreQuery:
             raise UsageError(f"--limit must be at least 1 (got {self.limit})")
         if self.offset < 0:
             raise UsageError(f"the offset must not be negative (got {self.offset})")
+        if (self.after or self.before) and (
+            parse_sort(self.sort)[0] != "score" or self.missing or self.failed
+        ):
+            raise UsageError("paging after or before a photo needs the score sort")
         parse_sort(self.sort)
 
 
@@ -164,7 +172,18 @@ def _sql(reader: Reader, q: ScoreQuery, *, paths_only: bool = False) -> tuple[st
         where.append("p.taken_at <= :until")
         params["until"] = reader.bind_time(q.until)
     key, descending = parse_sort(q.sort)
+    if q.before is not None:
+        descending = not descending  # read backwards from the anchor; the caller reverses the rows
     way = " DESC" if descending else ""
+    tie = " DESC" if q.before is not None else ""
+    anchor = q.after or q.before
+    if anchor is not None:
+        params["anchor_score"], params["anchor_id"] = anchor
+        beyond = "<" if descending else ">"
+        near = "<" if q.before is not None else ">"
+        where.append(
+            f"(s.score {beyond} :anchor_score OR (s.score = :anchor_score AND p.id {near} :anchor_id))"
+        )
     if key == "score" and not (q.missing or q.failed):
         order = f"s.score{way}"
     elif key == "date":
@@ -175,7 +194,7 @@ def _sql(reader: Reader, q: ScoreQuery, *, paths_only: bool = False) -> tuple[st
     sql = f"SELECT {columns} FROM {source}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY {order}, p.id"
+    sql += f" ORDER BY {order}, p.id{tie}"
     if q.limit is not None or q.offset:
         sql += " LIMIT :limit"  # SQLite needs a LIMIT for an OFFSET: -1 is none (PostgreSQL: ALL)
         params["limit"] = q.limit if q.limit is not None else (-1 if reader.dialect == "sqlite" else None)
@@ -208,13 +227,3 @@ def run_query(source: IndexDB | Reader, q: ScoreQuery, *, batch: int = 2000) -> 
             decode_path(root.rstrip("/") + "/" + rel), score, raw, model, version, variant, policy,
             read_time(scored_at), read_time(date), width, height, fmt, chash, error, burst, photo_id,
         )  # fmt: skip
-
-
-def count_query(source: IndexDB | Reader, q: ScoreQuery) -> int:
-    """How many photos ``q`` finds (without its limit and offset)."""
-    q.validate()
-    reader = as_reader(source)
-    whole = replace(q, limit=None, offset=0)
-    sql, params = _sql(reader, whole, paths_only=True)
-    counted = f"SELECT COUNT(*) FROM ({sql.split(' ORDER BY ')[0]}) AS found"
-    return int(next(iter(reader.rows(counted, params)))[0])

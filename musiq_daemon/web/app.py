@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,15 @@ from starlette.templating import Jinja2Templates
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.errors import MusiqError, UsageError
 from musiq_daemon.index.paths import decode_path
-from musiq_daemon.index.queries import ScoreQuery, count_query, parse_sort, run_query
+from musiq_daemon.index.queries import ScoreQuery, parse_sort, run_query
 from musiq_daemon.index.reader import Reader, open_reader, read_time
 from musiq_daemon.web.thumbs import thumbnail
 
 #: Photos per page by default, and at most.
 PER_PAGE, MAX_PER_PAGE = 100, 500
-#: Bars of the score histogram.
+#: Bars of the score histogram, and how long it is reused before it is counted again.
 BINS = 20
+HISTOGRAM_TTL_S = 30.0
 COOKIE = "musiqd_token"
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -62,10 +64,33 @@ def _date(request: Request, name: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.astimezone()
 
 
+def _anchor(request: Request, name: str) -> tuple[float, int] | None:
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        return None
+    score, _, photo_id = text.partition(":")
+    try:
+        anchor = (float(score), int(photo_id))
+    except ValueError:
+        raise BadRequestError(f"{name} must look like 4.25:1234 (got '{text}')") from None
+    if not math.isfinite(anchor[0]):
+        raise BadRequestError(f"{name} must hold a finite score")
+    return anchor
+
+
 def create_app(database: str | None, *, thumbs: Path, token: str | None = None) -> Starlette:
     """The gallery of the index at ``database``; ``token``: required from every request (as ``?token=``
     once, then a cookie), for a server reachable from other machines."""
     catalogue = load_catalogue()
+    histograms: dict[str, tuple[float, list[tuple[float, float, int, int]]]] = {}
+
+    def histogram(source: Reader, model_id: str, lo: float, hi: float) -> list[tuple[float, float, int, int]]:
+        """The model's histogram, counted again at most every HISTOGRAM_TTL_S seconds (every page has it)."""
+        cached = histograms.get(model_id)
+        if cached is None or time.monotonic() - cached[0] > HISTOGRAM_TTL_S:
+            cached = (time.monotonic(), _histogram(source, model_id, lo, hi))
+            histograms[model_id] = cached
+        return cached[1]
 
     def reader() -> Reader:
         return open_reader(database)
@@ -103,33 +128,59 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
         if page < 1:
             raise BadRequestError("page must be at least 1")
         sort = request.query_params.get("sort") or "score"
-        parse_sort(sort)
+        by_score = parse_sort(sort)[0] == "score"
+        after, before = _anchor(request, "after"), _anchor(request, "before")
+        if (after or before) and not by_score:
+            raise BadRequestError("after and before page by score: use sort=score or score+")
         under = request.query_params.get("under", "").strip()
+        # Sorted by score, a page follows the last (or precedes the first) photo of its neighbour: page
+        # 1,000 costs what page 1 does. Other sorts skip rows (OFFSET). One row more tells whether there
+        # is a next page.
+        keyed = after is not None or before is not None
         q = ScoreQuery(
             model=model.id, min_score=_number(request, "min", float),
             max_score=_number(request, "max", float), under=Path(under) if under else None,
-            since=_date(request, "since"), until=_date(request, "until"), sort=sort, limit=per,
-            offset=(page - 1) * per, best_of_burst=request.query_params.get("best") == "1",
+            since=_date(request, "since"), until=_date(request, "until"), sort=sort, limit=per + 1,
+            offset=0 if keyed else (page - 1) * per, best_of_burst=request.query_params.get("best") == "1",
+            after=after, before=before,
         )  # fmt: skip
         q.validate()
         source = reader()
         try:
             rows = list(run_query(source, q))
-            total = count_query(source, q)
-            histogram = _histogram(source, model.id, model.scale_min, model.scale_max)
+            total = _fast_count(source, q)
+            bars = histogram(source, model.id, model.scale_min, model.scale_max)
             models = [m for m in catalogue.models if _has_scores(source, m)]
         finally:
             source.close()
-        pages = max(1, math.ceil(total / per))
-        keep = {k: v for k, v in request.query_params.items() if k not in ("page", "token") and v}
+        more = len(rows) > per
+        rows = rows[:per]
+        if before is not None:
+            rows.reverse()
+        keep = {
+            k: v
+            for k, v in request.query_params.items()
+            if k not in ("page", "token", "after", "before") and v
+        }
+
+        def link(target: int, anchor: dict[str, str]) -> str:
+            return "/?" + urlencode({**keep, **({"page": str(target)} if target > 1 else {}), **anchor})
+
+        next_url = prev_url = None
+        if rows and (more or before is not None):
+            last = rows[-1]
+            next_url = link(page + 1, {"after": f"{last.score!r}:{last.photo_id}"} if by_score else {})
+        if rows and page > 1:
+            first = rows[0]
+            back = {"before": f"{first.score!r}:{first.photo_id}"} if by_score and page > 2 else {}
+            prev_url = link(page - 1, back)
         return TEMPLATES.TemplateResponse(
             request,
             "gallery.html",
             {
                 "rows": rows, "model": model, "models": models or [model.id], "total": total, "page": page,
-                "pages": pages, "per": per, "params": keep, "histogram": histogram,
-                "prev_url": f"/?{urlencode({**keep, 'page': page - 1})}" if page > 1 else None,
-                "next_url": f"/?{urlencode({**keep, 'page': page + 1})}" if page < pages else None,
+                "pages": max(1, math.ceil(total / per)) if total is not None else None, "per": per,
+                "params": keep, "histogram": bars, "prev_url": prev_url, "next_url": next_url,
                 "model_query": urlencode({"model": model.id}),
             },
         )  # fmt: skip
@@ -213,24 +264,56 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
     )
 
 
+#: The scores of vanished photos (few), starting from the photos: CROSS JOIN keeps SQLite's planner from
+#: walking every score of the model and looking up each photo (hundreds of ms on 100,000 photos without
+#: statistics); PostgreSQL plans it as any join.
+_VANISHED = "FROM photos p CROSS JOIN scores s WHERE s.photo_id = p.id AND p.missing_since IS NOT NULL"
+
+
+def _fast_count(source: Reader, q: ScoreQuery) -> int | None:
+    """How many photos a gallery query finds, when the scores' covering index can tell at once (model and
+    score range: every latest score in range, less those of vanished photos, which are few); None for
+    other filters, whose pages then show no total."""
+    if q.under or q.since or q.until or q.best_of_burst or q.missing or q.failed:
+        return None
+    params: dict[str, Any] = {"model": q.model, "latest": True}
+    condition = "s.model_id = :model AND s.is_latest = :latest"
+    if q.min_score is not None:
+        condition += " AND s.score >= :lo"
+        params["lo"] = q.min_score
+    if q.max_score is not None:
+        condition += " AND s.score <= :hi"
+        params["hi"] = q.max_score
+    (total,) = next(iter(source.rows(f"SELECT COUNT(*) FROM scores s WHERE {condition}", params)))
+    gone_sql = f"SELECT COUNT(*) {_VANISHED} AND {condition}"
+    (gone,) = next(iter(source.rows(gone_sql, params)))
+    return int(total) - int(gone)
+
+
 def _histogram(source: Reader, model_id: str, lo: float, hi: float) -> list[tuple[float, float, int, int]]:
     """(from, to, count, percent of the tallest bar) per bin of the model's latest scores, counted by the
-    database (a covering index scan; a gallery of 100,000 photos must not fetch them all)."""
+    database over the scores' covering index (a gallery of 100,000 photos must not join them all), less
+    the scores of vanished photos."""
     width = (hi - lo) / BINS
     # Scores are >= lo, so truncating (SQLite's CAST) is flooring; PostgreSQL's CAST would round.
-    binned = (
-        "CAST((s.score - :lo) / :width AS INTEGER)"
-        if source.dialect == "sqlite"
-        else ("CAST(FLOOR((s.score - :lo) / :width) AS INTEGER)")
-    )
+    if source.dialect == "sqlite":
+        binned = "CAST((score - :lo) / :width AS INTEGER)"
+    else:
+        binned = "CAST(FLOOR((score - :lo) / :width) AS INTEGER)"
+    params = {"model": model_id, "latest": True, "lo": lo, "width": width}
     rows = source.rows(
-        f"SELECT {binned} AS bin, COUNT(*) FROM scores s JOIN photos p ON p.id = s.photo_id "
-        "WHERE s.model_id = :model AND s.is_latest = :latest AND p.missing_since IS NULL GROUP BY bin",
-        {"model": model_id, "latest": True, "lo": lo, "width": width},
+        f"SELECT {binned} AS bin, COUNT(*) FROM scores WHERE model_id = :model AND is_latest = :latest "
+        "GROUP BY bin",
+        params,
     )
     counts = [0] * BINS
     for index, count in rows:
         counts[min(max(int(index), 0), BINS - 1)] += int(count)
+    gone = source.rows(
+        f"SELECT s.score {_VANISHED} AND s.model_id = :model AND s.is_latest = :latest", params
+    )
+    for (score,) in gone:
+        counts[min(max(int((score - lo) / width), 0), BINS - 1)] -= 1
     peak = max(counts) or 1
     return [(lo + i * width, lo + (i + 1) * width, c, round(100 * c / peak)) for i, c in enumerate(counts)]
 
