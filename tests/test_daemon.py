@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -1113,3 +1113,40 @@ def test_one_watcher_per_root_across_machines_on_postgresql(
     finally:
         first.release()
     RootLocks.acquire(PG_URL, [root]).release()  # the first one's session ended: free again
+
+
+def test_the_daemon_groups_bursts_as_photos_arrive(spawn: Callable[..., Daemon], tmp_path: Path) -> None:
+    """Photos of a burst copied into a watched root are grouped once scored, without `musiqd cull`."""
+    from imagegen import camera_exif, scene
+    from PIL import Image, ImageFilter
+
+    from musiq_daemon.index.models import Burst
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    config = write_config(tmp_path / "config.toml", [root], tmp_path / "index.sqlite3", observer="native")
+    d = spawn(tmp_path, config).start()
+    start = datetime(2024, 5, 1, 10, 0, 1)
+    base = Image.fromarray(scene(900, 600, seed=3))
+    paths = []
+    for i, radius in enumerate((0, 1, 3, 6)):
+        frame = base.filter(ImageFilter.GaussianBlur(radius)) if radius else base
+        paths.append(root / f"BURST_{i}.JPG")
+        frame.save(paths[-1], quality=90, exif=camera_exif(taken=start + timedelta(seconds=i)))
+    paths.append(root / "OTHER.JPG")
+    other = Image.fromarray(scene(900, 600, seed=5)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    other.save(paths[-1], quality=90, exif=camera_exif(taken=start + timedelta(seconds=2)))
+    wait_state(d.db, paths)
+
+    def grouped() -> bool:
+        with d.db.session() as s:
+            return s.scalar(select(func.count()).select_from(Burst)) == 1
+
+    wait_until(grouped, "the burst to be grouped", timeout=60.0)
+    with d.db.session() as s:
+        burst = s.scalars(select(Burst)).one()
+        members = set(s.scalars(select(Photo.rel_path).where(Photo.burst_id == burst.id)))
+        best = s.scalar(select(Photo.rel_path).where(Photo.id == burst.best_photo_id))
+    assert members == {f"BURST_{i}.JPG" for i in range(4)} and best in members and burst.size == 4
+    code, _ = d.stop()
+    assert code == 0

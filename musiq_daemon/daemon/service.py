@@ -69,6 +69,7 @@ log = logging.getLogger("musiqd")
 
 HEARTBEAT_S: Final = 5.0  # state row and systemd STATUS
 ROOT_CHECK_S: Final = 10.0  # unmounted shares, dead observers
+CULL_INTERVAL_S: Final = 5.0  # new scored photos grouped into bursts
 SCAN_RETRY_S: Final = 60.0  # a scan that failed (the index busy or unreachable) is tried again after this
 STOP_GRACE_S: Final = 4.0  # workers get this long to finish or requeue their photo
 # An idle worker looks for due jobs (retries, jobs queued by `musiqd notify` or `rescore`) this often: a
@@ -205,6 +206,7 @@ class Service:
             scanner = threading.Thread(target=self._scanner, name="musiqd-scan", daemon=True)
             self._request_scan(self.config.roots)
             scanner.start()
+            threading.Thread(target=self._culler, name="musiqd-cull", daemon=True).start()
             self._main_loop()
             return 0
         finally:
@@ -470,6 +472,36 @@ class Service:
         with self.db.session() as session:
             present = has_photos(session, state.root)
         return root_unavailable(state.root, has_photos=present, expected_mount=state.expected_mount)
+
+    # --- culling (culler thread)
+
+    def _culler(self) -> None:
+        """Group new photos into bursts as they are scored (`musiqd cull` does the same for a whole library):
+        every CULL_INTERVAL_S, the photos scored since, with their neighbours in time."""
+        from musiq_daemon.cull import DEFAULT_GAP_S, DEFAULT_MAX_DISTANCE
+        from musiq_daemon.index.bursts import cull_new
+
+        while not self._stop.wait(CULL_INTERVAL_S):
+            if self._paused.is_set():
+                continue
+            try:
+                while not self._stop.is_set():
+                    with self.db.session() as session:
+                        read, bursts = cull_new(
+                            session,
+                            self.config.models[0],
+                            gap_s=DEFAULT_GAP_S,
+                            max_distance=DEFAULT_MAX_DISTANCE,
+                        )
+                    for burst in bursts:
+                        camera = burst.camera or "unknown camera"
+                        log.info(
+                            "burst of %d photos (%s); best: photo %s", burst.size, camera, burst.best_photo_id
+                        )
+                    if read == 0:
+                        break
+            except Exception as exc:  # the index busy or a photo that cannot be read: the next round retries
+                log.warning("grouping bursts: %s; trying again later", str(exc).splitlines()[0])
 
     # --- scanning (scanner thread)
 

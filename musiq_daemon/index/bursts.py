@@ -84,3 +84,47 @@ def record_bursts(
         )
         made.append(burst)
     return made
+
+
+#: Seconds around new photos in which `cull_new` regroups (a burst running longer is split at its edge).
+WINDOW_S = 120.0
+#: New photos grouped per call (the daemon calls it again while there are more).
+BATCH = 200
+
+
+def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int) -> tuple[int, list[Burst]]:
+    """Group the photos scored since the last call with their neighbours in time (the daemon's culling as
+    photos arrive): reads the features of up to :data:`BATCH` new photos, regroups every photo of the same
+    camera within :data:`WINDOW_S` of them. Returns (new photos read, bursts made)."""
+    from musiq_daemon.cull import group_bursts
+
+    scored = exists().where(Score.photo_id == Photo.id, Score.model_id == model_id, Score.is_latest.is_(True))
+    new_ids = list(
+        session.scalars(
+            select(Photo.id).where(Photo.phash.is_(None), Photo.missing_since.is_(None), scored).limit(BATCH)
+        )
+    )
+    if not new_ids:
+        return 0, []
+    fresh = load_shots(session, model_id, where=Photo.id.in_(new_ids))
+    for shot in fresh:
+        if shot.phash is None:  # unreadable: mark it read, or it would come back every time
+            session.execute(
+                update(Photo).where(Photo.id == shot.photo_id).values(phash=0, taken_at_ms=None)
+            )  # never grouped: no capture time
+    window_ms = round(WINDOW_S * 1000)
+    nearby: dict[int, Shot] = {}
+    timed = [s for s in fresh if s.taken_ms is not None]
+    for camera in {s.camera for s in timed}:
+        times = [s.taken_ms for s in timed if s.camera == camera and s.taken_ms is not None]
+        same_camera = Photo.camera.is_(None) if camera is None else Photo.camera == camera
+        around = and_(
+            same_camera,
+            Photo.taken_at_ms >= min(times) - window_ms,
+            Photo.taken_at_ms <= max(times) + window_ms,
+        )
+        for shot in load_shots(session, model_id, where=around):
+            nearby[shot.photo_id] = shot
+    considered = list(nearby.values())
+    groups = group_bursts(considered, gap_s=gap_s, max_distance=max_distance)
+    return len(fresh), record_bursts(session, considered, groups, model_id)
