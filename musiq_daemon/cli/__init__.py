@@ -63,8 +63,8 @@ app.add_typer(config_cmd.app, name="config")
 app.command("score")(score_cmd.score)
 app.command("query")(query_cmd.query)
 app.command("stats")(query_cmd.show_stats)
-app.command("serve", short_help="A read-only web gallery of the index, sorted by score.")(serve_cmd.serve)
 app.command("cull", short_help="Group bursts of near-identical shots; pick the best of each.")(cull_cmd.cull)
+app.command("serve", short_help="A read-only web gallery of the index, sorted by score.")(serve_cmd.serve)
 # The overview lists the daemon's commands with these summaries (their first sentences are too long).
 app.command("watch", short_help="Run the daemon: score photos in folders as they arrive.")(daemon_cmd.watch)
 app.command("worker", short_help="Score queued photos without watching (more cores, another machine).")(
