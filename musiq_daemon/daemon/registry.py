@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import select
 
+from musiq_daemon.daemon.queue import owner_gone
 from musiq_daemon.index.models import WorkerRow
 
 if TYPE_CHECKING:
@@ -55,16 +56,16 @@ def beat(db: IndexDB, owner: str, *, state: str, done: int, failed: int, busy_s:
 
 
 def live(db: IndexDB, *, now: datetime | None = None) -> list[WorkerRow]:
-    """Rows of processes that are still beating, oldest first."""
+    """Rows of processes that are still beating, oldest first: a recent heartbeat, and (for a process of
+    this machine) a pid that still exists, so that a process killed seconds ago is not listed."""
     since = (now or datetime.now(UTC)) - timedelta(seconds=STALE_AFTER_S)
     with db.session() as session:
-        return list(
-            session.scalars(
-                select(WorkerRow)
-                .where(WorkerRow.heartbeat_at >= since, WorkerRow.state != "stopped")
-                .order_by(WorkerRow.started_at)
-            )
+        rows = session.scalars(
+            select(WorkerRow)
+            .where(WorkerRow.heartbeat_at >= since, WorkerRow.state != "stopped")
+            .order_by(WorkerRow.started_at)
         )
+        return [row for row in rows if not owner_gone(row.id)]
 
 
 __all__ = ["STALE_AFTER_S", "Registration", "beat", "live", "register"]
