@@ -13,7 +13,18 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from musiq_daemon.catalogue import load_catalogue
-from musiq_daemon.cli.options import CONFIG_OPTION, DB_OPTION, load
+from musiq_daemon.cli.options import (
+    CONFIG_OPTION,
+    DB_OPTION,
+    DEVICE_OPTION,
+    MODELS_OPTION,
+    THREADS_OPTION,
+    VARIANT_OPTION,
+    VERBOSE_OPTION,
+    WORKERS_OPTION,
+    WRITE_MODE_OPTION,
+    load,
+)
 from musiq_daemon.errors import UsageError
 
 if TYPE_CHECKING:
@@ -40,13 +51,13 @@ def watch(
     roots: list[Path] = typer.Argument(None, help="Folders to watch (default: roots in the configuration)."),
     config: Path | None = CONFIG_OPTION,
     database: str = DB_OPTION,
-    models: list[str] = typer.Option(None, "--model", "-m", help="Model ID; repeat for several."),
-    variant: str = typer.Option(None, "--variant", help="Model variant (fp32, fp16, dynamic-int8)."),
-    device: str = typer.Option(None, "--device", help="auto, cpu or gpu."),
-    threads: int = typer.Option(None, "--threads", help="Inference threads per worker."),
-    workers: int = typer.Option(None, "--workers", help="Photos scored at the same time."),
+    models: list[str] = MODELS_OPTION,
+    variant: str = VARIANT_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: int = THREADS_OPTION,
+    workers: int = WORKERS_OPTION,
     resolution: str = typer.Option(None, "--resolution", help='"max_side=N" or "full".'),
-    write_mode: str = typer.Option(None, "--write-mode", help="embed, sidecar or index-only."),
+    write_mode: str = WRITE_MODE_OPTION,
     observer: str = typer.Option(None, "--observer", help="auto, native or poll."),
     poll_interval: float = typer.Option(None, "--poll-interval", help="Seconds between polls."),
     quiet_period: float = typer.Option(
@@ -54,7 +65,7 @@ def watch(
     ),
     quiet_hours: str = typer.Option(None, "--quiet-hours", help='No scoring in these hours: "22:00-06:00".'),
     rescan_interval: float = typer.Option(None, "--rescan-interval", help="Seconds between full rescans."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every file decision (debug)."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Run the daemon in the foreground: scan the roots, watch them, score new photos.
 
@@ -83,16 +94,16 @@ def watch(
 def worker(
     config: Path | None = CONFIG_OPTION,
     database: str = DB_OPTION,
-    models: list[str] = typer.Option(None, "--model", "-m", help="Model ID; repeat for several."),
-    variant: str = typer.Option(None, "--variant", help="Model variant (fp32, fp16, dynamic-int8)."),
-    device: str = typer.Option(None, "--device", help="auto, cpu or gpu."),
-    threads: int = typer.Option(None, "--threads", help="Inference threads per worker."),
-    workers: int = typer.Option(None, "--workers", help="Photos scored at the same time (one thread each)."),
-    write_mode: str = typer.Option(None, "--write-mode", help="embed, sidecar or index-only."),
+    models: list[str] = MODELS_OPTION,
+    variant: str = VARIANT_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: int = THREADS_OPTION,
+    workers: int = WORKERS_OPTION,
+    write_mode: str = WRITE_MODE_OPTION,
     path_map: list[str] = typer.Option(
         None, "--path-map", help="NAS_PATH=LOCAL_PATH: where this machine sees the index's photos; repeat."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every file decision (debug)."),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Score photos that the daemon queued, without watching anything (more cores, another machine).
 

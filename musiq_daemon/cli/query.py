@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,16 +23,6 @@ if TYPE_CHECKING:
 # commands start faster without them. `query` reads an up-to-date SQLite index without SQLAlchemy.
 
 FORMATS = ("table", "json", "jsonl", "csv", "paths", "paths0")
-
-
-def _date(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{option} '{value}' is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
-    return parsed if parsed.tzinfo else parsed.astimezone()
 
 
 def query(
@@ -64,7 +53,7 @@ def query(
     json/jsonl/csv fields: path, score, raw, model, model_version, variant, resolution_policy, scored_at,
     date, width, height, format, content_hash, error, burst. paths0 separates paths with NUL (for xargs -0).
     """
-    from musiq_daemon.index.queries import ScoreQuery, iter_paths, run_query
+    from musiq_daemon.index.queries import ScoreQuery, iter_paths, parse_date, run_query
     from musiq_daemon.index.reader import open_reader
 
     if fmt not in FORMATS:
@@ -72,8 +61,9 @@ def query(
     catalogue = load_catalogue()
     model_id = catalogue.get(model or catalogue.default_model).id
     q = ScoreQuery(
-        model=model_id, min_score=min_score, max_score=max_score, under=under, since=_date(since, "--since"),
-        until=_date(until, "--until"), missing=missing, failed=failed, sort=sort, limit=limit,
+        model=model_id, min_score=min_score, max_score=max_score, under=under,
+        since=parse_date(since, "--since"), until=parse_date(until, "--until"), missing=missing,
+        failed=failed, sort=sort, limit=limit,
         best_of_burst=best_of_burst,
     )  # fmt: skip
     q.validate()

@@ -71,6 +71,18 @@ class ScoreQuery:
         parse_sort(self.sort)
 
 
+def parse_date(text: str | None, option: str) -> datetime | None:
+    """A user's date or date and time (``2024-05-01``, ``2024-05-01T10:30``), in the local zone unless it
+    names one; None for none. Shared by ``musiqd query`` and the gallery."""
+    if text is None or not text.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{option} '{text}' is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+    return parsed if parsed.tzinfo else parsed.astimezone()
+
+
 def parse_sort(text: str) -> tuple[str, bool]:
     """``score-`` -> ("score", descending=True). Plain keys use their natural direction."""
     key, direction = text.rstrip("+-"), text[len(text.rstrip("+-")) :]

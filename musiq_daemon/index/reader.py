@@ -13,6 +13,7 @@ conversions, so results are always zone-aware UTC datetimes.
 from __future__ import annotations
 
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,13 +38,14 @@ def read_time(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Reader:
+class Reader(ABC):
     """Read-only SQL on an index. ``rows`` streams results in batches (constant memory)."""
 
     dialect: str = "sqlite"
 
+    @abstractmethod
     def rows(self, sql: str, params: Mapping[str, Any], *, batch: int = 2000) -> Iterator[Sequence[Any]]:
-        raise NotImplementedError
+        """The rows of ``sql`` with ``params`` (named, ``:name``), fetched ``batch`` at a time."""
 
     def bind_time(self, value: datetime) -> Any:
         """A zone-aware datetime as the database compares it."""
@@ -53,6 +55,7 @@ class Reader:
             return value.astimezone(UTC).strftime(_SQLITE_TIME)
         return value
 
+    @abstractmethod
     def close(self) -> None:
         """Release the connection (a reader made from an IndexDB leaves the IndexDB open)."""
 

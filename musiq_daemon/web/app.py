@@ -8,7 +8,6 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,7 +21,7 @@ from starlette.templating import Jinja2Templates
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.errors import MusiqError, UsageError
 from musiq_daemon.index.paths import decode_path
-from musiq_daemon.index.queries import ScoreQuery, parse_sort, run_query
+from musiq_daemon.index.queries import ScoreQuery, parse_date, parse_sort, run_query
 from musiq_daemon.index.reader import Reader, open_reader, read_time
 from musiq_daemon.web.thumbs import thumbnail
 
@@ -37,7 +36,7 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
 class BadRequestError(Exception):
-    pass
+    """A query parameter the gallery cannot use: a 400 page with the reason."""
 
 
 def _number(request: Request, name: str, kind: type[float] | type[int]) -> Any:
@@ -51,17 +50,6 @@ def _number(request: Request, name: str, kind: type[float] | type[int]) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRequestError(f"{name} must be a finite number")
     return value
-
-
-def _date(request: Request, name: str) -> datetime | None:
-    text = request.query_params.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequestError(f"{name} must be a date like 2024-05-01 (got '{text}')") from None
-    return parsed if parsed.tzinfo else parsed.astimezone()
 
 
 def _anchor(request: Request, name: str) -> tuple[float, int] | None:
@@ -140,7 +128,8 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
         q = ScoreQuery(
             model=model.id, min_score=_number(request, "min", float),
             max_score=_number(request, "max", float), under=Path(under) if under else None,
-            since=_date(request, "since"), until=_date(request, "until"), sort=sort, limit=per + 1,
+            since=parse_date(request.query_params.get("since"), "since"),
+            until=parse_date(request.query_params.get("until"), "until"), sort=sort, limit=per + 1,
             offset=0 if keyed else (page - 1) * per, best_of_burst=request.query_params.get("best") == "1",
             after=after, before=before,
         )  # fmt: skip
