@@ -237,15 +237,7 @@ def write_scores(
     if not records or len({r.model_id for r in records}) != len(records):
         raise UsageError("write_scores needs one record per model, at least one")
     model_ids = [ours.check_model_id(r.model_id) for r in records]
-    label = display_name(str(path))
-
-    max_bytes = _photo_limit(path, label, max_file_mb)
-    data, signature = read_snapshot(path, max_bytes=max_bytes)
-    fmt = sniff_format(data[:_HEAD_BYTES], path.suffix)
-    if fmt is None:
-        raise DecodeError(f"{label}: not a supported photo format; musiqd writes nothing into it")
-    digest = content_hash(data, path=path)
-    ours.register_namespace()
+    photo = _read_photo(path, max_file_mb)
     models: list[_ModelPlan] = []
     for record, model_id in zip(records, model_ids, strict=True):
         when = _scored_at(scored_at if scored_at is not None else getattr(record, "scored_at", None))
@@ -253,7 +245,7 @@ def write_scores(
         stars = ours.stars_for(record.score, thresholds) if thresholds is not None else None
         models.append(
             _ModelPlan(
-                score=_model_score(record, model_id, when, digest),
+                score=_model_score(record, model_id, when, photo.digest),
                 keyword=ours.BucketKeyword(model_id, stars)
                 if stars is not None and policy.keywords
                 else None,
@@ -261,7 +253,57 @@ def write_scores(
             )
         )
     plan = _Plan(tuple(models), preserve_mtime=policy.preserve_mtime, known_rating=known_rating)
+    return _write_plan(path, photo, plan, policy)
 
+
+def write_best_of_burst(
+    path: Path,
+    best: bool,
+    policy: WritePolicy | None = None,
+    *,
+    known: bool | None = None,
+    max_file_mb: Mapping[str, int] | None = None,
+) -> WriteResult:
+    """Add (``best``) or take away the ``MUSIQ|best-of-burst`` keyword of the photo at ``path``, where its
+    scores are written (the photo, or its sidecars), with the checks and errors of :func:`write_scores`;
+    only musiqd's own keyword is ever changed (see :mod:`musiq_daemon.metadata.xmp`). ``known``: what the
+    index says musiqd wrote last. Taking it away never creates a sidecar."""
+    policy = policy or WritePolicy()
+    path = Path(path)
+    if policy.mode == "index-only":
+        return WriteResult(None, "none", False, None, None, None)
+    photo = _read_photo(path, max_file_mb)
+    plan = _Plan((), preserve_mtime=policy.preserve_mtime, best_of_burst=best, known_best=known)
+    return _write_plan(path, photo, plan, policy)
+
+
+@dataclass(frozen=True)
+class _Photo:
+    """A photo as read for a write: its bytes, their signature, format and image-data hash."""
+
+    data: bytes
+    signature: FileSignature
+    fmt: str
+    digest: str
+
+
+def _read_photo(path: Path, max_file_mb: Mapping[str, int] | None) -> _Photo:
+    label = display_name(str(path))
+    max_bytes = _photo_limit(path, label, max_file_mb)
+    data, signature = read_snapshot(path, max_bytes=max_bytes)
+    fmt = sniff_format(data[:_HEAD_BYTES], path.suffix)
+    if fmt is None:
+        raise DecodeError(f"{label}: not a supported photo format; musiqd writes nothing into it")
+    digest = content_hash(data, path=path)
+    ours.register_namespace()
+    return _Photo(data, signature, fmt, digest)
+
+
+def _write_plan(path: Path, photo: _Photo, plan: _Plan, policy: WritePolicy) -> WriteResult:
+    """Carry out ``plan`` on the photo read as ``photo``: into it, or into its sidecars."""
+    label = display_name(str(path))
+    data, signature, fmt, digest = photo.data, photo.signature, photo.fmt, photo.digest
+    del photo
     notes: list[str] = []
     files: tuple[WrittenFile, ...] = ()
     target: Target = "sidecar"
@@ -279,10 +321,12 @@ def write_scores(
     if not files:
         embedded = _embedded_state(data, fmt, label)
         del data  # a RAW can be large; the sidecar step does not need it
-        files = tuple(
-            _write_sidecar(sidecar, exists, plan, embedded)
-            for sidecar, exists in sidecar_targets(path, policy.sidecar_naming)
-        )
+        targets = sidecar_targets(path, policy.sidecar_naming)
+        if plan.best_of_burst is False:  # taking a keyword away never needs a new sidecar
+            targets = [(sidecar, exists) for sidecar, exists in targets if exists]
+            if not targets:
+                return WriteResult(None, "sidecar", False, None, None, digest, notes=tuple(notes))
+        files = tuple(_write_sidecar(sidecar, exists, plan, embedded) for sidecar, exists in targets)
         if notes:
             notes[-1] += f" ({files[0].path.name})"
     first = files[0]
@@ -343,9 +387,13 @@ class _ModelPlan:
 
 @dataclass(frozen=True)
 class _Plan:
+    """One write: each model's part, or (``best_of_burst`` not None) the best-of-burst keyword alone."""
+
     models: tuple[_ModelPlan, ...]
     preserve_mtime: bool
     known_rating: int | None = None
+    best_of_burst: bool | None = None
+    known_best: bool | None = None
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -618,6 +666,8 @@ def _apply(
             changed |= applied.changed
             if model.rating_stars is not None:
                 rating_written = applied.rating_written
+        if plan.best_of_burst is not None:
+            changed |= ours.apply_best_of_burst(xmp, plan.best_of_burst, known=plan.known_best)
         return ours.Applied(changed, rating_written)
     except exiv2.Exiv2Error as exc:
         raise WriteError(
@@ -720,11 +770,17 @@ class _Foreign:
             icc=bytes(image.iccProfile().data()) if image.iccProfileDefined() else None,
         )
 
-    def differences(self, other: _Foreign, model_ids: Sequence[str], *, rating_owned: bool) -> list[str]:
+    def differences(self, other: _Foreign, plan: _Plan, *, rating_owned: bool) -> list[str]:
         """What differs from ``other``, by kind; the stars count only when they are the user's."""
         out = (
             ["XMP"]
-            if ours.foreign_differences(self.xmp, other.xmp, model_ids, rating_owned=rating_owned)
+            if ours.foreign_differences(
+                self.xmp,
+                other.xmp,
+                plan.model_ids,
+                rating_owned=rating_owned,
+                best_of_burst=plan.best_of_burst is not None,
+            )
             else []
         )
         checks = {
@@ -750,15 +806,15 @@ def _check_own_values(xmp: Any, plan: _Plan, applied: ours.Applied) -> list[str]
     stars = applied.rating_written
     if stars is not None and ours.get_text(xmp, ours.XMP_RATING_KEY) != str(stars):
         problems.append("the rating did not read back")
+    if plan.best_of_burst is not None and not ours.best_keyword_reads_back(xmp, plan.best_of_burst):
+        problems.append("the best-of-burst keyword did not read back")
     return problems
 
 
 def _verify(check: Any, plan: _Plan, applied: ours.Applied, before: _Foreign, label: str) -> None:
     """The re-parsed new bytes hold the new values and nothing else changed; else :class:`WriteError`."""
     problems = _check_own_values(check.xmpData(), plan, applied)
-    changed = before.differences(
-        _Foreign.of(check), plan.model_ids, rating_owned=applied.rating_written is not None
-    )
+    changed = before.differences(_Foreign.of(check), plan, rating_owned=applied.rating_written is not None)
     if changed:
         problems.append(f"other metadata would change ({', '.join(changed)})")
     _refuse(problems, label)
@@ -797,6 +853,7 @@ def _verify_spliced(
         packet.flatten(after.packet),
         plan.model_ids,
         rating_owned=applied.rating_written is not None,
+        best_of_burst=plan.best_of_burst is not None,
     )
     if changed:
         names = ", ".join(_short_path(p) for p in changed[:3])
@@ -919,6 +976,7 @@ __all__ = [
     "WrittenFile",
     "move_sidecars",
     "sidecar_targets",
+    "write_best_of_burst",
     "write_score",
     "write_scores",
 ]

@@ -75,6 +75,17 @@ second, top-level keyword. Re-scoring removes only musiqd's own keywords of that
 user's ``MUSIQ|koniq|favourite`` stays) and appends the new one; the user's keywords keep their order, and
 a keyword that is already right stays where it is. Parents that Lightroom adds to ``dc:subject`` on export
 (``MUSIQ``, ``koniq``) are left alone: they stay true for any bucket.
+
+Best of burst
+-------------
+``musiqd cull`` marks the best-scored photo of each burst (two or more near-identical shots) with
+``MUSIQ|best-of-burst`` in the same containers and by the same rules as the bucket keywords (``best-of-burst``
+in ``dc:subject``, ``MUSIQ/best-of-burst`` in the digiKam and Microsoft containers that exist), and takes it
+away again when a better shot joins the burst. ``musiqd:BestOfBurstWritten`` records what musiqd did last
+(``True``: added, ``False``: removed). The keyword follows the ownership rule of the stars: musiqd adds or
+removes it only while the photo still shows what musiqd left (no record and no such keyword, the keyword in
+every container after ``True``, in none after ``False``). A user who removed musiqd's keyword, or added it
+by hand, owns it from then on. A photo that was never a burst's best is never written.
 """
 
 from __future__ import annotations
@@ -129,6 +140,8 @@ TAGS_LIST_KEY: Final = "Xmp.digiKam.TagsList"
 MS_KEYWORDS_KEY: Final = "Xmp.MicrosoftPhoto.LastKeywordXMP"
 
 KEYWORD_ROOT: Final = "MUSIQ"
+BEST_WRITTEN_KEY: Final = f"Xmp.{NAMESPACE_PREFIX}.BestOfBurstWritten"
+BEST_LEAF: Final = "best-of-burst"
 
 # EXIF RatingPercent / MicrosoftPhoto:Rating for 1..5 stars, as Windows writes them.
 _PERCENT: Final = {1: 1, 2: 25, 3: 50, 4: 75, 5: 99}
@@ -221,6 +234,13 @@ class BucketKeyword:
     @property
     def slashed(self) -> str:
         return f"{KEYWORD_ROOT}/{self.model_id}/{self.leaf}"
+
+
+def best_keyword(container_key: str) -> str:
+    """The best-of-burst keyword as ``container_key`` spells it."""
+    if container_key == SUBJECT_KEY:
+        return BEST_LEAF
+    return f"{KEYWORD_ROOT}{'|' if container_key == HIERARCHICAL_KEY else '/'}{BEST_LEAF}"
 
 
 def is_own_keyword(container_key: str, keyword: str, model_id: str) -> bool:
@@ -432,13 +452,15 @@ def owner_keywords(xmp: Any, model_id: str | None = None) -> dict[str, list[str]
 
 
 def is_any_own_keyword(key: str, item: str, model_id: str | None = None) -> bool:
-    """:func:`is_own_keyword` for ``model_id``, or for any model when None."""
+    """:func:`is_own_keyword` for ``model_id``, or for any model (and the best-of-burst keyword) when None."""
     return _is_any_own(key, item, model_id)
 
 
 def _is_any_own(key: str, item: str, model_id: str | None) -> bool:
     if model_id is not None:
         return is_own_keyword(key, item, model_id)
+    if item == best_keyword(key):
+        return True
     parts = re.split(r"[|/]", item)
     return (
         bool(parts)
@@ -485,6 +507,63 @@ def write_keywords(xmp: Any, keyword: BucketKeyword) -> bool:
             set_items(xmp, key, items, default_type)
             changed = True
     return changed
+
+
+def apply_best_of_burst(xmp: Any, best: bool, *, known: bool | None = None) -> bool:
+    """Add (``best``) or take away the best-of-burst keyword in ``xmp`` when musiqd owns it (see the module
+    docstring), recording what it did in ``musiqd:BestOfBurstWritten``. ``known``: what the index says
+    musiqd wrote last, which recognises musiqd's keyword in a file a photo manager rewrote without the
+    record. Returns whether anything changed."""
+    record = get_text(xmp, BEST_WRITTEN_KEY)
+    present = [
+        best_keyword(key) in items for key in KEYWORD_CONTAINERS if (items := get_items(xmp, key)) is not None
+    ]
+    in_all, in_any = bool(present) and all(present), any(present)
+    if record is None:
+        owned = not in_any or (known is True and in_all)
+        if not best and not in_any:
+            return False  # never a burst's best: nothing to write
+    else:
+        owned = (record == "True" and in_all) or (record == "False" and not in_any)
+    if not owned:
+        return False
+    changed = False
+    for key, default_type, create in (
+        (HIERARCHICAL_KEY, exiv2.TypeId.xmpBag, True),
+        (SUBJECT_KEY, exiv2.TypeId.xmpBag, True),
+        (TAGS_LIST_KEY, exiv2.TypeId.xmpSeq, False),
+        (MS_KEYWORDS_KEY, exiv2.TypeId.xmpBag, False),
+    ):
+        current = get_items(xmp, key)
+        wanted = best_keyword(key)
+        if best:
+            if current is None and not create:
+                continue
+            start = current if current is not None else carried_keywords(owner_keywords(xmp), key)
+            items = start if wanted in start else [*start, wanted]
+        else:
+            if current is None:
+                continue
+            items = [item for item in current if item != wanted]
+        if items != current:
+            if items:
+                set_items(xmp, key, items, default_type)
+            else:
+                del xmp[key]  # it held only musiqd's keyword
+            changed = True
+    if record != str(best):
+        set_text(xmp, BEST_WRITTEN_KEY, str(best))
+        changed = True
+    return changed
+
+
+def best_keyword_reads_back(xmp: Any, best: bool) -> bool:
+    """Whether ``xmp`` shows the best-of-burst keyword as :func:`apply_best_of_burst` left it."""
+    has = BEST_LEAF in (get_items(xmp, SUBJECT_KEY) or []) and best_keyword(HIERARCHICAL_KEY) in (
+        get_items(xmp, HIERARCHICAL_KEY) or []
+    )
+    none = not any(best_keyword(key) in (get_items(xmp, key) or []) for key in KEYWORD_CONTAINERS)
+    return get_text(xmp, BEST_WRITTEN_KEY) == str(best) and (has if best else none)
 
 
 # --- one model's score, applied ----------------------------------------------------------------------------
@@ -578,16 +657,26 @@ def foreign_differences(
     model_ids: str | Sequence[str],
     *,
     rating_owned: bool,
+    best_of_burst: bool = False,
 ) -> list[str]:
     """What a write of the scores of ``model_ids`` changed that is not musiqd's to change, comparing two
     packets flattened by :func:`~musiq_daemon.metadata.packet.flatten`: everything but those models'
     structs, musiqd's own bucket keywords of them (the owner's keywords must stay, in order), the reference
-    to extended XMP, and the stars when musiqd owns them. A keyword container the write created may hold
-    exactly the owner's keywords carried over from the others (:func:`carried_keywords`)."""
+    to extended XMP, the stars when musiqd owns them, and the best-of-burst keyword and its record when
+    ``best_of_burst`` (a write of it). A keyword container the write created may hold exactly the owner's
+    keywords carried over from the others (:func:`carried_keywords`); one the write removed held only
+    musiqd's keywords."""
     models = [model_ids] if isinstance(model_ids, str) else list(model_ids)
     owns = tuple(packet_path(struct_key(m)) for m in models)
     skipped = {_HAS_EXTENDED, *(packet_path(k) for k in _RATING_KEYS)} if rating_owned else {_HAS_EXTENDED}
+    if best_of_burst:
+        skipped.add(packet_path(BEST_WRITTEN_KEY))
     containers = {packet_path(k): k for k in KEYWORD_CONTAINERS}
+
+    def ours(key: str, value: str) -> bool:
+        return any(is_own_keyword(key, value, m) for m in models) or (
+            best_of_burst and value == best_keyword(key)
+        )
 
     def split(pairs: Sequence[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
         plain: dict[str, str] = {}
@@ -598,8 +687,9 @@ def foreign_differences(
                 continue
             key = containers.get(base)
             if key is not None and path != base and re.fullmatch(r"\[\d+\]", path[len(base) :]):
-                if not any(is_own_keyword(key, value, m) for m in models):
-                    keywords.setdefault(key, []).append(value)
+                keywords.setdefault(key, [])
+                if not ours(key, value):
+                    keywords[key].append(value)
             elif key is not None and path == base:
                 keywords.setdefault(key, [])
                 plain[path] = value  # the array type
@@ -611,14 +701,17 @@ def foreign_differences(
 
     old_plain, old_keywords = split(before)
     new_plain, new_keywords = split(after)
+    emptied = {p for p, k in containers.items() if k in old_keywords and not old_keywords[k]}
     changed = sorted(
         path
         for path in old_plain.keys() | new_plain.keys()
-        if old_plain.get(path) != new_plain.get(path) and not (path in containers and path not in old_plain)
+        if old_plain.get(path) != new_plain.get(path)
+        and not (path in containers and path not in old_plain)
+        and not (path in emptied and path not in new_plain)
     )
     for key in KEYWORD_CONTAINERS:
         if key in old_keywords:
-            if new_keywords.get(key) != old_keywords[key]:
+            if new_keywords.get(key, [] if not old_keywords[key] else None) != old_keywords[key]:
                 changed.append(packet_path(key))
         elif key in new_keywords and new_keywords[key] != carried_keywords(
             {k: [i for i in v if not _is_any_own(k, i, None)] for k, v in old_keywords.items()}, key
