@@ -139,6 +139,9 @@ class Config:
     retry_backoff: float = 60.0  # a failed job is retried after retry_backoff * 2**attempt seconds
     # "NAS_PATH=LOCAL_PATH": where a `musiqd worker` on another machine sees the index's photos
     path_map: tuple[str, ...] = ()
+    cull: bool = True  # the daemon groups bursts as photos arrive (and marks each one's best)
+    burst_gap: float = 3.0  # most seconds between two frames of a burst
+    burst_distance: int = 18  # most perceptual-hash bits (of 63) two frames of a burst may differ by
 
     def in_quiet_hours(self, now: time) -> bool:
         """Whether ``now`` (local wall-clock time) is in the quiet hours (see :func:`in_quiet_hours`)."""
@@ -478,6 +481,9 @@ _TOP: Final[dict[str, _Key]] = {
     "retries": _Key(_int(0), _env_int),
     "retry_backoff": _Key(_seconds, _env_float),
     "path_map": _Key(_path_map, _env_list(";")),
+    "cull": _Key(_bool, _env_bool),
+    "burst_gap": _Key(_seconds, _env_float),
+    "burst_distance": _Key(_int(0, 63), _env_int),
 }
 _WRITE: Final[dict[str, _Key]] = {
     "mode": _Key(_choice(lambda: get_args(Mode)), _env_str),
@@ -485,6 +491,7 @@ _WRITE: Final[dict[str, _Key]] = {
     "sidecar_naming": _Key(_choice(lambda: get_args(SidecarNaming)), _env_str),
     "rating_model": _Key(_rating_model, _env_str, optional=True),
     "keywords": _Key(_bool, _env_bool),
+    "best_of_burst": _Key(_bool, _env_bool),
     "preserve_mtime": _Key(_bool, _env_bool),
 }
 _STARS: Final = "write.stars"

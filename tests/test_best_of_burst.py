@@ -1,5 +1,5 @@
-"""The ``MUSIQ|best-of-burst`` keyword: written where the scores are, by the ownership rules of the stars, read
-back by exiftool (the independent reader) and by real photo managers (darktable, GNOME tracker)."""
+"""The ``MUSIQ|best-of-burst`` keyword: written where the scores are, by the ownership rules of the stars,
+read back by exiftool (the independent reader) and by real photo managers (darktable, GNOME tracker)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ BUCKET_LEAF = "musiq-koniq-4"  # record(score=3.5)
 BUCKET_TAG = "MUSIQ|koniq|musiq-koniq-4"
 BEST_TAG = "MUSIQ|best-of-burst"
 BEST_LEAF = "best-of-burst"
+ADD_TAG = (f"-XMP-lr:HierarchicalSubject+={BEST_TAG}",)
+REMOVE_TAG = (f"-XMP-lr:HierarchicalSubject-={BEST_TAG}",)
 # What a best-of-burst write may change, as exiftool names it.
 BEST_FIELDS = {"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "XMP-musiqd:BestOfBurstWritten"}
 
@@ -43,7 +45,9 @@ def as_list(value: Any) -> list[str]:
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
-    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} - ALWAYS_DIFFERENT - MOVED
+    return (
+        {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} - ALWAYS_DIFFERENT - MOVED
+    )
 
 
 @pytest.fixture
@@ -96,10 +100,7 @@ def test_a_photo_that_never_was_the_best_is_never_written(scored_jpeg: Path) -> 
 
 def test_a_keyword_the_user_removed_stays_removed(scored_jpeg: Path) -> None:
     write_best_of_burst(scored_jpeg, True)
-    exiftool(
-        "-q", "-overwrite_original", f"-XMP-dc:Subject-={BEST_LEAF}", f"-XMP-lr:HierarchicalSubject-={BEST_TAG}",
-        scored_jpeg,
-    )  # fmt: skip
+    exiftool("-q", "-overwrite_original", f"-XMP-dc:Subject-={BEST_LEAF}", *REMOVE_TAG, scored_jpeg)
     content = scored_jpeg.read_bytes()
     assert not write_best_of_burst(scored_jpeg, True).changed
     assert not write_best_of_burst(scored_jpeg, False).changed
@@ -107,10 +108,7 @@ def test_a_keyword_the_user_removed_stays_removed(scored_jpeg: Path) -> None:
 
 
 def test_a_keyword_the_user_set_is_never_taken_away(scored_jpeg: Path) -> None:
-    exiftool(
-        "-q", "-overwrite_original", f"-XMP-dc:Subject+={BEST_LEAF}", f"-XMP-lr:HierarchicalSubject+={BEST_TAG}",
-        scored_jpeg,
-    )  # fmt: skip
+    exiftool("-q", "-overwrite_original", f"-XMP-dc:Subject+={BEST_LEAF}", *ADD_TAG, scored_jpeg)
     content = scored_jpeg.read_bytes()
     assert not write_best_of_burst(scored_jpeg, False).changed
     assert not write_best_of_burst(scored_jpeg, True).changed  # there already, and the user's

@@ -586,3 +586,22 @@ def test_watch_options_are_checked_like_the_file(tmp_path: Path, cli_env: dict[s
             result.stderr
         )
         assert result.stderr.count("\n") == 1
+
+
+def test_burst_settings_are_checked_and_named(tmp_path: Path) -> None:
+    from musiq_daemon.config import load_config
+
+    good = tmp_path / "good.toml"
+    good.write_text("cull = false\nburst_gap = 1.5\nburst_distance = 10\n[write]\nbest_of_burst = false\n")
+    config = load_config(good)
+    assert (config.cull, config.burst_gap, config.burst_distance) == (False, 1.5, 10)
+    assert config.write.best_of_burst is False
+    for text, message in (
+        ("burst_distance = 64\n", "burst_distance: must be at most 63"),
+        ("burst_gap = 0\n", "burst_gap: must be a finite number of seconds greater than 0"),
+        ("cull = 2\n", "cull:"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(bad)

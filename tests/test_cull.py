@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from imagegen import camera_exif, scene
+from imagegen import camera_exif, exiftool, scene
 from PIL import Image, ImageFilter
+from sqlalchemy import select, update
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, distance, group_bursts, perceptual_hash
+from musiq_daemon.index.db import open_index
+from musiq_daemon.index.models import Photo, Score
 
 MUSIQD = [sys.executable, "-m", "musiq_daemon"]
 START = datetime(2024, 5, 1, 10, 0, 1)
+BEST = "MUSIQ|best-of-burst"
 
 
 def save(
@@ -90,6 +95,72 @@ def test_one_burst_of_five_and_the_best_of_it(
     first = table.splitlines()[0]
     assert first.startswith("burst ") and ": 5 photos, Canon EOS R5, 2024-05-01" in first
     assert sum(line.startswith("  best ") for line in table.splitlines()) == 1
+
+
+def keywords(path: Path) -> list[str]:
+    """lr:hierarchicalSubject as exiftool reads it (the independent reader)."""
+    out = json.loads(exiftool("-j", "-XMP-lr:HierarchicalSubject", path))[0].get("HierarchicalSubject", [])
+    return [str(k) for k in out] if isinstance(out, list) else [str(out)]
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is the reference reader")
+def test_cull_write_marks_the_best_and_moves_the_mark_when_the_best_changes(
+    env: dict[str, str], shoot: tuple[Path, list[Path], list[Path]], tmp_path: Path
+) -> None:
+    folder = tmp_path / "shoot"
+    shutil.copytree(shoot[0], folder)
+    index = str(tmp_path / "index.sqlite3")
+    run(["score", str(folder), "--write", "--db", index, "--variant", "fp32"], env)
+    hint = run(["cull", str(folder), "--db", index], env).stderr
+    assert "add --write to mark each burst's best photo" in hint
+    frames = sorted(folder.glob("IMG_000*.JPG"))
+    assert all(BEST not in keywords(p) for p in folder.iterdir())  # grouping alone writes nothing
+
+    culled = run(["cull", str(folder), "--write", "--json", "--db", index], env)
+    best = Path(json.loads(culled.stdout)["best"])
+    assert "best-of-burst keyword: 1 marked as the best of their burst, 0 no longer marked" in culled.stderr
+    assert [p.name for p in folder.iterdir() if BEST in keywords(p)] == [best.name]
+    assert any(k.startswith("MUSIQ|koniq|") for k in keywords(best))  # the score's keyword stays
+    untouched = {p: p.read_bytes() for p in folder.iterdir() if p != best}
+
+    again = run(["cull", str(folder), "--write", "--db", index], env)  # nothing pending: nothing written
+    assert "0 marked as the best of their burst, 0 no longer marked" in again.stderr
+    assert all(p.read_bytes() == data for p, data in untouched.items())
+
+    # Another frame becomes the best (as after a rescore with a better model): the mark moves.
+    runner = next(p for p in frames if p != best)
+    db = open_index(index)
+    try:
+        with db.session() as session:
+            photo = session.scalars(select(Photo).where(Photo.rel_path.endswith(runner.name))).one()
+            session.execute(update(Score).where(Score.photo_id == photo.id).values(score=9.0))
+            # The index still knows the marked photo as it is now: musiqd's own write kept its features.
+            marked = session.scalars(select(Photo).where(Photo.rel_path.endswith(best.name))).one()
+            assert (marked.size, marked.mtime_ns) == (best.stat().st_size, best.stat().st_mtime_ns)
+            assert marked.phash is not None and marked.best_keyword is True
+    finally:
+        db.close()
+    moved = run(["cull", str(folder), "--write", "--db", index], env)
+    assert "1 marked as the best of their burst, 1 no longer marked" in moved.stderr
+    assert [p.name for p in folder.iterdir() if BEST in keywords(p)] == [runner.name]
+
+    # The owner takes the keyword away from the new best: musiqd never puts it back.
+    exiftool("-q", "-overwrite_original", f"-XMP-lr:HierarchicalSubject-={BEST}", runner)
+    run(["cull", str(folder), "--write", "--db", index], env)
+    assert BEST not in keywords(runner)
+
+
+def test_cull_write_in_index_only_mode_writes_nothing(
+    env: dict[str, str], shoot: tuple[Path, list[Path], list[Path]], tmp_path: Path
+) -> None:
+    folder = tmp_path / "shoot"
+    shutil.copytree(shoot[0], folder)
+    index = str(tmp_path / "index.sqlite3")
+    run(["score", str(folder), "--db", index, "--variant", "fp32"], env)
+    before = {p: p.read_bytes() for p in folder.iterdir()}
+    result = run(["cull", str(folder), "--write", "--write-mode", "index-only", "--db", index], env)
+    assert "write mode index-only: no keyword written" in result.stderr
+    assert {p: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_cull_refuses_bad_options_and_a_missing_index(env: dict[str, str], tmp_path: Path) -> None:

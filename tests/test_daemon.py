@@ -1148,5 +1148,27 @@ def test_the_daemon_groups_bursts_as_photos_arrive(spawn: Callable[..., Daemon],
         members = set(s.scalars(select(Photo.rel_path).where(Photo.burst_id == burst.id)))
         best = s.scalar(select(Photo.rel_path).where(Photo.id == burst.best_photo_id))
     assert members == {f"BURST_{i}.JPG" for i in range(4)} and best in members and burst.size == 4
+
+    # The best gets MUSIQ|best-of-burst (where its score is, embedded) and nothing else is written again.
+    marked = root / best
+
+    def keyword_written() -> bool:
+        with d.db.session() as s:
+            return bool(s.scalar(select(Photo.best_keyword).where(Photo.rel_path == best)))
+
+    wait_until(keyword_written, "the best photo to be marked", timeout=30.0)
+    read = ["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(marked)]
+    tags = json.loads(subprocess.run(read, capture_output=True, text=True, check=True).stdout)[0]
+    tags = tags["HierarchicalSubject"]
+    assert "MUSIQ|best-of-burst" in tags
+    others = [p for p in paths if p != marked]
+    before = {p: p.read_bytes() for p in others}
+    time.sleep(3 * QUIET)  # the watcher saw musiqd's own write: no new job, features kept
+    with d.db.session() as s:
+        row = s.scalars(select(Photo).where(Photo.rel_path == best)).one()
+        assert (row.size, row.mtime_ns) == (marked.stat().st_size, marked.stat().st_mtime_ns)
+        assert row.phash is not None and row.burst_id == burst.id
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.photo_id == row.id)) == 1
+    assert {p: p.read_bytes() for p in others} == before
     code, _ = d.stop()
     assert code == 0

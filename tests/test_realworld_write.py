@@ -17,7 +17,7 @@ from test_metadata_write import record
 
 from musiq_daemon.metadata.content_hash import content_hash
 from musiq_daemon.metadata.safefile import FileSignature
-from musiq_daemon.metadata.writer import WritePolicy, write_score
+from musiq_daemon.metadata.writer import WritePolicy, write_best_of_burst, write_score
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is the reference reader")
 
@@ -152,3 +152,39 @@ def test_sidecar_mode_never_contradicts_the_owners_stars(
         else:
             assert rating == 4 and result.rating_written == 4, name
         assert set(photo.owner_keywords) <= keywords(side), name
+
+
+def test_best_of_burst_on_every_shape_changes_only_the_keyword(
+    built: list[corpus.CorpusPhoto], tmp_path: Path
+) -> None:
+    """The best-of-burst keyword, added then taken away, on photos whose metadata other programs wrote:
+    the owner's keywords stay in every container, stars and everything foreign stay as they were."""
+    paths = [fresh(photo, tmp_path) for photo in built]
+    for path in paths:
+        write_score(path, record(score=3.5), WritePolicy())
+    scored = corpus.exiftool_snapshots(paths)
+    added = [write_best_of_burst(p, True) for p in paths]
+    marked = corpus.exiftool_snapshots([r.path for r in added if r.path is not None])
+    removed = [write_best_of_burst(p, False) for p in paths]
+    unmarked = corpus.exiftool_snapshots([r.path for r in removed if r.path is not None])
+    for photo, path, result, old, mid, new in zip(built, paths, added, scored, marked, unmarked, strict=True):
+        name = photo.name
+        if photo.expect_xmp_repair == "unrepairable":  # its scores live in a sidecar: so does the keyword
+            assert result.target == "sidecar" and result.path == path.with_name(path.name + ".xmp"), name
+            assert "MUSIQ|best-of-burst" in as_list(mid.get("XMP-lr:HierarchicalSubject")), name
+            assert "MUSIQ|best-of-burst" not in as_list(new.get("XMP-lr:HierarchicalSubject")), name
+            continue
+        assert result.target == "embedded" and result.changed, name
+        allowed = {"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "XMP-digiKam:TagsList",
+                   "XMP-microsoft:LastKeywordXMP", "XMP-musiqd:BestOfBurstWritten"}  # fmt: skip
+        assert (
+            without_repaired_copies(corpus.foreign_diff(old, mid, allowed=allowed | corpus.MAY_MOVE), old)
+            == {}
+        )
+        assert "MUSIQ|best-of-burst" in as_list(mid.get("XMP-lr:HierarchicalSubject")), name
+        assert "best-of-burst" in as_list(mid.get("XMP-dc:Subject")), name
+        for tag in ("XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "XMP-digiKam:TagsList",
+                    "XMP-microsoft:LastKeywordXMP"):  # fmt: skip
+            # Taken away again: every container exactly as the score write left it.
+            assert as_list(new.get(tag)) == as_list(old.get(tag)), (name, tag)
+        assert mid.get("XMP-xmp:Rating") == old.get("XMP-xmp:Rating"), name

@@ -145,3 +145,14 @@ def test_the_configuration_knows_the_runtime_devices() -> None:
     from musiq_daemon import config, runtime
 
     assert config.DEVICES == runtime.DEVICES
+
+
+def test_the_configuration_knows_the_burst_defaults() -> None:
+    """The configuration's burst settings default to `musiqd cull`'s (config.py does not import cull.py,
+    which loads numpy and Pillow)."""
+    from musiq_daemon import config, cull
+
+    assert (config.Config().burst_gap, config.Config().burst_distance) == (
+        cull.DEFAULT_GAP_S,
+        cull.DEFAULT_MAX_DISTANCE,
+    )

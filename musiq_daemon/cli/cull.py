@@ -5,31 +5,47 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from musiq_daemon.cli.options import CONFIG_OPTION, DB_OPTION, load
+from musiq_daemon.cli.options import CONFIG_OPTION, DB_OPTION, WRITE_MODE_OPTION, load
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+
+    from musiq_daemon.config import Config
+    from musiq_daemon.index.db import IndexDB
 
 
 def cull(
     paths: list[Path] = typer.Argument(None, help="Only photos at or below these paths (default: all)."),
     model: str = typer.Option(
-        None, "--model", "-m", help="Model whose score picks the best (default: koniq)."
+        None, "--model", "-m", help="Model whose score picks the best (default: the first configured model)."
     ),
-    gap: float = typer.Option(None, "--gap", help="Most seconds between two frames of a burst (default 3)."),
+    gap: float = typer.Option(
+        None, "--gap", help="Most seconds between two frames of a burst (default: burst_gap, 3)."
+    ),
     max_distance: int = typer.Option(
-        None, "--distance", help="Most perceptual-hash bits (of 63) two frames may differ by (default 18)."
+        None,
+        "--distance",
+        help="Most perceptual-hash bits (of 63) two frames may differ by (default: burst_distance, 18).",
     ),
+    write: bool = typer.Option(
+        False, "--write", help="Mark each burst's best photo with the keyword MUSIQ|best-of-burst."
+    ),
+    write_mode: str = WRITE_MODE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per burst."),
     config: Path | None = CONFIG_OPTION,
     database: str = DB_OPTION,
 ) -> None:
     """Group bursts (same camera, seconds apart, alike) among the indexed photos; the best-scored photo of
-    each is what `musiqd query --best-of-burst` lists. Score the photos first (musiqd score or the daemon).
+    each is what `musiqd query --best-of-burst` lists, and with --write it gets the keyword
+    MUSIQ|best-of-burst where its score is written (taken away again from a photo that is no longer the
+    best). Score the photos first (musiqd score or the daemon).
     """
     from musiq_daemon.catalogue import load_catalogue
-    from musiq_daemon.cull import DEFAULT_GAP_S, DEFAULT_MAX_DISTANCE, group_bursts
+    from musiq_daemon.cull import group_bursts
     from musiq_daemon.daemon.queue import under_condition
     from musiq_daemon.errors import UsageError
     from musiq_daemon.index.bursts import load_shots, record_bursts
@@ -39,9 +55,9 @@ def cull(
         raise UsageError(f"--gap must be a positive number of seconds (got {gap:g})")
     if max_distance is not None and not 0 <= max_distance <= 63:
         raise UsageError(f"--distance must be between 0 and 63 bits (got {max_distance})")
-    settings = load(config, {"database": database})
+    settings = load(config, {"database": database, "write.mode": write_mode})
     catalogue = load_catalogue()
-    model_id = catalogue.get(model or catalogue.default_model).id
+    model_id = catalogue.get(model or settings.models[0]).id
     db = open_index(settings.database, create=False)
     try:
         where = None
@@ -62,8 +78,8 @@ def cull(
             )
             groups = group_bursts(
                 shots,
-                gap_s=DEFAULT_GAP_S if gap is None else gap,
-                max_distance=DEFAULT_MAX_DISTANCE if max_distance is None else max_distance,
+                gap_s=settings.burst_gap if gap is None else gap,
+                max_distance=settings.burst_distance if max_distance is None else max_distance,
             )
             bursts = record_bursts(session, shots, groups, model_id)
             lines: list[dict[str, Any]] = []
@@ -81,6 +97,7 @@ def cull(
                         "photos": [{"path": str(s.path), "score": s.score} for s in group],
                     }
                 )
+        marked = _mark(db, settings, where) if write else None
     finally:
         db.close()
     for line in lines:
@@ -100,3 +117,32 @@ def cull(
         f"{len(shots) - grouped} photos stand alone",
         err=True,
     )
+    if marked is not None:
+        typer.echo(marked, err=True)
+    elif lines:
+        typer.echo(
+            "musiqd: add --write to mark each burst's best photo with the keyword MUSIQ|best-of-burst",
+            err=True,
+        )
+
+
+def _mark(db: IndexDB, settings: Config, where: ColumnElement[bool] | None) -> str:
+    """Write the keyword changes the bursts call for; one line saying what was done."""
+    from musiq_daemon.best_of_burst import mark_best_photos
+
+    policy = settings.write
+    if policy.mode == "index-only":
+        return "musiqd: write mode index-only: no keyword written"
+    if not policy.best_of_burst:
+        return "musiqd: best_of_burst = false in the configuration: no keyword written"
+    outcome = mark_best_photos(db, policy, where=where, max_file_mb=settings.max_file_mb)
+    for reason in outcome.refused.values():
+        typer.echo(f"musiqd: not written: {reason}", err=True)
+    parts = [f"{outcome.added} marked as the best of their burst", f"{outcome.removed} no longer marked"]
+    if outcome.unchanged:
+        parts.append(f"{outcome.unchanged} left as they were (already right, or the keyword is the user's)")
+    if outcome.later:
+        parts.append(f"{outcome.later} busy or gone (run musiqd cull --write again)")
+    if outcome.refused:
+        parts.append(f"{len(outcome.refused)} not written")
+    return "musiqd: best-of-burst keyword: " + ", ".join(parts)

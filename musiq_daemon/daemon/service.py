@@ -206,7 +206,8 @@ class Service:
             scanner = threading.Thread(target=self._scanner, name="musiqd-scan", daemon=True)
             self._request_scan(self.config.roots)
             scanner.start()
-            threading.Thread(target=self._culler, name="musiqd-cull", daemon=True).start()
+            if self.config.cull:
+                threading.Thread(target=self._culler, name="musiqd-cull", daemon=True).start()
             self._main_loop()
             return 0
         finally:
@@ -477,12 +478,16 @@ class Service:
 
     def _culler(self) -> None:
         """Group new photos into bursts as they are scored (`musiqd cull` does the same for a whole library):
-        every CULL_INTERVAL_S, the photos scored since, with their neighbours in time."""
-        from musiq_daemon.cull import DEFAULT_GAP_S, DEFAULT_MAX_DISTANCE
-        from musiq_daemon.index.bursts import cull_new
+        every CULL_INTERVAL_S, the photos scored since, with their neighbours in time; then mark each
+        burst's best photo with the best-of-burst keyword (and unmark a former best) by the write policy.
+        A photo whose keyword cannot be written for a reason only the user can change is not retried until
+        the next start."""
+        from musiq_daemon.best_of_burst import mark_best_photos
+        from musiq_daemon.index.bursts import BATCH, cull_new
 
+        refused: set[int] = set()
         while not self._stop.wait(CULL_INTERVAL_S):
-            if self._paused.is_set():
+            if self._paused.is_set() or self.config.in_quiet_hours(datetime.now().time()):
                 continue
             try:
                 while not self._stop.is_set():
@@ -490,8 +495,8 @@ class Service:
                         read, bursts = cull_new(
                             session,
                             self.config.models[0],
-                            gap_s=DEFAULT_GAP_S,
-                            max_distance=DEFAULT_MAX_DISTANCE,
+                            gap_s=self.config.burst_gap,
+                            max_distance=self.config.burst_distance,
                         )
                     for burst in bursts:
                         camera = burst.camera or "unknown camera"
@@ -500,6 +505,17 @@ class Service:
                         )
                     if read == 0:
                         break
+                while not self._stop.is_set():
+                    outcome = mark_best_photos(
+                        self.db,
+                        self.config.write,
+                        limit=BATCH,
+                        skip=refused,
+                        max_file_mb=self.config.max_file_mb,
+                    )
+                    refused.update(outcome.refused)
+                    if outcome.added + outcome.removed + outcome.unchanged + len(outcome.refused) == 0:
+                        break  # nothing pending, or only photos to try again later
             except Exception as exc:  # the index busy or a photo that cannot be read: the next round retries
                 log.warning("grouping bursts: %s; trying again later", str(exc).splitlines()[0])
 

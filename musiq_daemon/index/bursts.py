@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, delete, exists, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
@@ -128,3 +128,28 @@ def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int
     considered = list(nearby.values())
     groups = group_bursts(considered, gap_s=gap_s, max_distance=max_distance)
     return len(fresh), record_bursts(session, considered, groups, model_id)
+
+
+def pending_keywords(
+    session: Session, *, where: ColumnElement[bool] | None = None, limit: int | None = None
+) -> list[tuple[Photo, bool]]:
+    """The present photos whose ``MUSIQ|best-of-burst`` keyword must change, each with whether it must be
+    there: the best of a burst that musiqd has not marked yet, and the photos it marked that are no longer
+    their burst's best (a better shot joined, or the burst came apart)."""
+    is_best = exists().where(Burst.id == Photo.burst_id, Burst.best_photo_id == Photo.id)
+    query = (
+        select(Photo, is_best)
+        .where(
+            Photo.missing_since.is_(None),
+            or_(
+                and_(is_best, or_(Photo.best_keyword.is_(None), Photo.best_keyword.is_(False))),
+                and_(Photo.best_keyword.is_(True), ~is_best),
+            ),
+        )
+        .order_by(Photo.id)
+    )
+    if where is not None:
+        query = query.where(where)
+    if limit is not None:
+        query = query.limit(limit)
+    return [(photo, bool(best)) for photo, best in session.execute(query).all()]

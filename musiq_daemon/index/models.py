@@ -94,6 +94,9 @@ class Photo(Base):
     phash: Mapped[int | None] = mapped_column(BigInteger)
     # No foreign key (see migration 0006): `cull` clears a photo's burst before it deletes the burst.
     burst_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # The MUSIQ|best-of-burst keyword as musiqd last left it in the metadata: True added, False taken away
+    # again, None never touched (see musiq_daemon.index.bursts.pending_keywords).
+    best_keyword: Mapped[bool | None] = mapped_column(Boolean)
 
     scores: Mapped[list[Score]] = relationship(back_populates="photo", cascade="all, delete-orphan")
     jobs: Mapped[list[Job]] = relationship(back_populates="photo", cascade="all, delete-orphan")

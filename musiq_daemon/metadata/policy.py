@@ -73,6 +73,7 @@ class WritePolicy:
     # gets neither stars nor a bucket keyword.
     star_thresholds: Mapping[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_STAR_THRESHOLDS))
     keywords: bool = True  # write the bucket keywords
+    best_of_burst: bool = True  # mark the best photo of each burst with MUSIQ|best-of-burst (musiqd cull)
     preserve_mtime: bool = False  # see the writer's docstring before turning this on
 
     def __post_init__(self) -> None:

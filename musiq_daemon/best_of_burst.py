@@ -1,0 +1,137 @@
+"""Mark the best photo of each burst: bring every photo's ``MUSIQ|best-of-burst`` keyword in line with the
+bursts in the index (`musiqd cull --write`, and the daemon after it groups new photos).
+
+>>> outcome = mark_best_photos(db, config.write)
+>>> outcome.added, outcome.removed, outcome.refused
+
+The photos come from :func:`~musiq_daemon.index.bursts.pending_keywords`: each burst's best that is not
+marked yet, and the photos musiqd marked that are no longer their burst's best. Each is written with
+:func:`~musiq_daemon.metadata.writer.write_best_of_burst` where its scores are written (the photo, or its
+sidecars), by the write policy; ``index-only`` writes nothing. What musiqd did is kept in
+``photos.best_keyword``; a photo whose keyword is the user's (see :mod:`musiq_daemon.metadata.xmp`) is left
+as it is and counts as done.
+
+After an embedded write the photo's row takes the new size and modification time (the image data is
+unchanged, verified by the writer, so its perceptual hash and burst stay), and the written files are
+remembered so that the watcher ignores their change events.
+
+Errors: a photo another program is writing (:class:`~musiq_daemon.errors.FileChangedError`), a full disk
+or a file gone for a moment stays pending for the next call. A photo that cannot be written for a reason
+only the user can change (read-only, unreadable metadata, a folder linking out of its root) is counted in
+``refused`` with its one-line reason and stays pending too: after the fix, the next `musiqd cull --write`
+writes it (the daemon retries it after a restart, not every few seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import ColumnElement
+
+from musiq_daemon.errors import DiskFullError, FileChangedError, MusiqError
+from musiq_daemon.index.bursts import pending_keywords
+from musiq_daemon.index.db import IndexDB
+from musiq_daemon.index.models import Photo
+from musiq_daemon.index.paths import decode_path
+from musiq_daemon.index.records import record_written_file
+from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_best_of_burst
+from musiq_daemon.paths import check_inside
+
+log = logging.getLogger("musiqd.cull")
+
+
+@dataclass
+class MarkOutcome:
+    """What :func:`mark_best_photos` did."""
+
+    added: int = 0  # photos that got the keyword now
+    removed: int = 0  # photos it was taken away from
+    unchanged: int = 0  # already as wanted, or the user's keyword (nothing written)
+    later: int = 0  # left for the next call (another program was writing, the disk is full, ...)
+    refused: dict[int, str] = field(default_factory=dict)  # photo id -> one-line reason
+
+
+@dataclass(frozen=True)
+class _Pending:
+    photo_id: int
+    root: Path
+    path: Path
+    best: bool
+    known: bool | None
+    stat: tuple[int, int]  # (size, mtime_ns) as the index has it
+
+
+def mark_best_photos(
+    db: IndexDB,
+    policy: WritePolicy,
+    *,
+    where: ColumnElement[bool] | None = None,
+    limit: int | None = None,
+    skip: Set[int] = frozenset(),
+    max_file_mb: Mapping[str, int] | None = None,
+) -> MarkOutcome:
+    """Write the keyword changes the bursts call for (of the photos matching ``where``, at most ``limit``,
+    leaving out the photo ids in ``skip``)."""
+    outcome = MarkOutcome()
+    if policy.mode == "index-only" or not policy.best_of_burst:
+        return outcome
+    with db.session() as session:
+        pending = [
+            _Pending(
+                photo.id,
+                Path(decode_path(photo.root)),
+                Path(decode_path(photo.root)) / decode_path(photo.rel_path),
+                best,
+                photo.best_keyword,
+                (photo.size, photo.mtime_ns),
+            )
+            for photo, best in pending_keywords(session, where=where, limit=limit)
+            if photo.id not in skip
+        ]
+    for item in pending:
+        try:
+            check_inside(item.path, item.root)
+            before = item.path.stat()
+            result = write_best_of_burst(
+                item.path, item.best, policy, known=item.known, max_file_mb=max_file_mb
+            )
+        except (FileChangedError, DiskFullError, FileNotFoundError) as exc:
+            log.info("%s: best-of-burst keyword not written yet (%s)", item.path, exc)
+            outcome.later += 1
+            continue
+        except (MusiqError, OSError) as exc:
+            message = str(exc) if isinstance(exc, MusiqError) else f"{item.path}: {exc.strerror or exc}"
+            log.warning("best-of-burst keyword not written: %s", message)
+            outcome.refused[item.photo_id] = message
+            continue
+        _record(db, item, result, (before.st_size, before.st_mtime_ns))
+        if not result.changed:
+            outcome.unchanged += 1
+        elif item.best:
+            outcome.added += 1
+        else:
+            outcome.removed += 1
+    return outcome
+
+
+def _record(db: IndexDB, item: _Pending, result: WriteResult, before: tuple[int, int]) -> None:
+    with db.session() as session:
+        photo = session.get(Photo, item.photo_id)
+        if photo is None:
+            return
+        photo.best_keyword = item.best
+        for written in result.files:
+            if written.changed:
+                record_written_file(session, written.path, written.signature)
+        signature = result.signature
+        # The new version is musiqd's own write of the version the index knew: it keeps its features.
+        ours = result.target == "embedded" and result.changed and signature is not None
+        if ours and signature is not None and (photo.size, photo.mtime_ns) == item.stat == before:
+            photo.size, photo.mtime_ns, photo.inode = signature.size, signature.mtime_ns, signature.inode
+    if result.changed and item.best:
+        log.info("%s: marked as the best of its burst (%s)", item.path, result.target)
+    elif result.changed:
+        log.info("%s: no longer the best of its burst, keyword taken away (%s)", item.path, result.target)
