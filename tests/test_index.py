@@ -5,6 +5,8 @@ Runs on SQLite always, and also on PostgreSQL when MUSIQD_TEST_DATABASE_URL is s
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import io
 import json
@@ -462,3 +464,23 @@ def test_query_on_an_older_index_upgrades_it_through_alembic(tmp_path: Path) -> 
     again = open_reader(str(path))
     assert isinstance(again, SqliteReader)
     again.close()
+
+
+def test_pages_by_offset_are_slices_of_the_whole_result(library: tuple[IndexDB, Path]) -> None:
+    """A typed page (OFFSET) of a score sort is read through the scores' index alone, then joined: it must
+    be exactly that slice of the whole ordered result, ties, score ranges and vanished photos included."""
+    db, _ = library
+    for base in (
+        ScoreQuery(model="koniq", sort="score-"),
+        ScoreQuery(model="koniq", sort="score+"),
+        ScoreQuery(model="koniq", sort="score-", min_score=2.0, max_score=4.5),
+        ScoreQuery(model="koniq", sort="score-", include_vanished=True),
+        ScoreQuery(model="koniq", sort="path"),  # the plain OFFSET form
+    ):
+        whole = [(r.path, r.score, r.error) for r in run_query(db, base)]
+        assert len(whole) >= 4
+        for offset in range(1, len(whole)):
+            for limit in (1, 2, 3):
+                page = dataclasses.replace(base, offset=offset, limit=limit)
+                rows = [(r.path, r.score, r.error) for r in run_query(db, page)]
+                assert rows == whole[offset : offset + limit], (base, offset, limit)

@@ -213,6 +213,23 @@ def _sql(reader: Reader, q: ScoreQuery, *, paths_only: bool = False) -> tuple[st
     if q.offset:
         sql += " OFFSET :offset"
         params["offset"] = q.offset
+    plain = not (q.missing or q.failed or q.under or q.best_of_burst or q.since or q.until or anchor)
+    if q.offset and key == "score" and plain and not paths_only:
+        # A deferred join: the rows an OFFSET skips are counted in the scores' index alone (less the
+        # vanished photos), and only the page's rows are joined and read (a typed page 500 in half the time).
+        score_range = "".join(f" AND {term}" for term in where if term.startswith("s.score"))
+        vanished = (
+            "" if q.include_vanished else
+            " AND s.photo_id NOT IN (SELECT v.id FROM photos v WHERE v.missing_since IS NOT NULL)"
+        )  # fmt: skip
+        ids = (
+            "SELECT s.photo_id FROM scores s WHERE s.model_id = :model AND s.is_latest = :latest"
+            f"{score_range}{vanished} ORDER BY s.score{way}, s.photo_id LIMIT :limit OFFSET :offset"
+        )
+        sql = (
+            f"SELECT {columns} FROM ({ids}) page JOIN photos p ON p.id = page.photo_id JOIN scores s ON "
+            f"{on_score} LEFT OUTER JOIN jobs j ON {on_job} ORDER BY {order}, p.id"
+        )
     return sql, params
 
 
