@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,7 +105,9 @@ def cull(
         if as_json:
             typer.echo(json.dumps(line, ensure_ascii=False))
             continue
-        when = (line["first_taken"] or "?")[:19].replace("T", " ")
+        # In this machine's time zone, as the photographer's clock showed it (the index keeps UTC).
+        first = line["first_taken"]
+        when = datetime.fromisoformat(first).astimezone().strftime("%Y-%m-%d %H:%M:%S %z") if first else "?"
         camera = line["camera"] or "unknown camera"
         typer.echo(f"burst {line['burst']}: {len(line['photos'])} photos, {camera}, {when}")
         for photo in line["photos"]:
