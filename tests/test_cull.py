@@ -103,14 +103,20 @@ def keywords(path: Path) -> list[str]:
     return [str(k) for k in out] if isinstance(out, list) else [str(out)]
 
 
+def scored_copy(shoot: Path, tmp_path: Path, env: dict[str, str], *options: str) -> tuple[Path, str]:
+    """A copy of the shoot, scored into a new index (with ``options``): (folder, index)."""
+    folder = tmp_path / "shoot"
+    shutil.copytree(shoot, folder)
+    index = str(tmp_path / "index.sqlite3")
+    run(["score", str(folder), *options, "--db", index, "--variant", "fp32"], env)
+    return folder, index
+
+
 @pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is the reference reader")
 def test_cull_write_marks_the_best_and_moves_the_mark_when_the_best_changes(
     env: dict[str, str], shoot: tuple[Path, list[Path], list[Path]], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "shoot"
-    shutil.copytree(shoot[0], folder)
-    index = str(tmp_path / "index.sqlite3")
-    run(["score", str(folder), "--write", "--db", index, "--variant", "fp32"], env)
+    folder, index = scored_copy(shoot[0], tmp_path, env, "--write")
     hint = run(["cull", str(folder), "--db", index], env).stderr
     assert "add --write to mark each burst's best photo" in hint
     frames = sorted(folder.glob("IMG_000*.JPG"))
@@ -153,10 +159,7 @@ def test_cull_write_marks_the_best_and_moves_the_mark_when_the_best_changes(
 def test_cull_write_in_index_only_mode_writes_nothing(
     env: dict[str, str], shoot: tuple[Path, list[Path], list[Path]], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "shoot"
-    shutil.copytree(shoot[0], folder)
-    index = str(tmp_path / "index.sqlite3")
-    run(["score", str(folder), "--db", index, "--variant", "fp32"], env)
+    folder, index = scored_copy(shoot[0], tmp_path, env)
     before = {p: p.read_bytes() for p in folder.iterdir()}
     result = run(["cull", str(folder), "--write", "--write-mode", "index-only", "--db", index], env)
     assert "write mode index-only: no keyword written" in result.stderr

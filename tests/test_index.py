@@ -5,9 +5,8 @@ Runs on SQLite always, and also on PostgreSQL when MUSIQD_TEST_DATABASE_URL is s
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
 import io
 import json
 import os
