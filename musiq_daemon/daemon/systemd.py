@@ -68,6 +68,8 @@ def configure_logging(verbose: bool = False) -> None:
     # Their INFO lines are one per event (watchdog) or plugin (alembic): noise in a service's journal.
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Pillow's DEBUG lines dump every EXIF tag of every photo read (a burst's features): not ours to debug.
+    logging.getLogger("PIL").setLevel(logging.INFO)
 
 
 # --- notifications -----------------------------------------------------------------------------------------
