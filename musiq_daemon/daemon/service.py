@@ -55,7 +55,8 @@ from musiq_daemon.daemon.watch import RootWatcher, Settler, filesystem_of
 from musiq_daemon.discover import PathFilter
 from musiq_daemon.errors import MusiqError, UsageError
 from musiq_daemon.index.db import url_for
-from musiq_daemon.index.paths import encode_path
+from musiq_daemon.index.models import Photo
+from musiq_daemon.index.paths import decode_path, encode_path
 from musiq_daemon.index.records import now
 from musiq_daemon.metadata.safefile import cleanup_stale_temps
 from musiq_daemon.version import __version__
@@ -498,11 +499,15 @@ class Service:
                             gap_s=self.config.burst_gap,
                             max_distance=self.config.burst_distance,
                         )
-                    for burst in bursts:
-                        camera = burst.camera or "unknown camera"
-                        log.info(
-                            "burst of %d photos (%s); best: photo %s", burst.size, camera, burst.best_photo_id
-                        )
+                        found: list[tuple[int, str, str]] = []
+                        for burst in bursts:
+                            best = session.get(Photo, burst.best_photo_id) if burst.best_photo_id else None
+                            where = "none yet"
+                            if best is not None:
+                                where = str(Path(decode_path(best.root)) / decode_path(best.rel_path))
+                            found.append((burst.size, burst.camera or "unknown camera", where))
+                    for size, camera, where in found:
+                        log.info("burst of %d photos (%s); best: %s", size, camera, where)
                     if read == 0:
                         break
                 while not self._stop.is_set():
