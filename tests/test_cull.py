@@ -128,6 +128,8 @@ def test_cull_write_marks_the_best_and_moves_the_mark_when_the_best_changes(
     assert [p.name for p in folder.iterdir() if BEST in keywords(p)] == [best.name]
     assert any(k.startswith("MUSIQ|koniq|") for k in keywords(best))  # the score's keyword stays
     untouched = {p: p.read_bytes() for p in folder.iterdir() if p != best}
+    summary = run(["stats", "--db", index], env).stdout
+    assert "bursts: 1 of 5 photos (musiqd cull); 1 marked best-of-burst" in summary
 
     again = run(["cull", str(folder), "--write", "--db", index], env)  # nothing pending: nothing written
     assert "0 marked as the best of their burst, 0 no longer marked" in again.stderr

@@ -164,6 +164,11 @@ def show_stats(database: str = PLAIN_DB_OPTION) -> None:
         db.close()
     console = Console()
     console.print(f"photos: {s.photos}" + (f" (+{s.vanished} no longer on disk)" if s.vanished else ""))
+    if s.bursts:
+        console.print(
+            f"bursts: {s.bursts} of {s.in_bursts} photos (musiqd cull); {s.marked} marked best-of-burst",
+            highlight=False,
+        )
     for m in s.models:
         console.print(f"\n[bold]{m.model}[/bold]: scored {m.scored}, pending {m.pending}, failed {m.failed}")
         peak = max((count for *_, count in m.histogram), default=0) or 1

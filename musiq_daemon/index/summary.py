@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.models import Job, Photo, Score
+from musiq_daemon.index.models import Burst, Job, Photo, Score
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class IndexStats:
     photos: int
     vanished: int
     models: list[ModelStats]
+    bursts: int = 0  # groups `musiqd cull` made
+    in_bursts: int = 0  # photos in them
+    marked: int = 0  # photos that hold musiqd's best-of-burst keyword
 
 
 def _counts(session: Session, stmt: Select[*tuple[Any, ...]]) -> dict[Any, int]:
@@ -56,6 +59,13 @@ def stats(db: IndexDB, *, bins: int = 16) -> IndexStats:
         gone_scores = session.execute(
             select(Score.model_id, Score.score).where(latest, Score.photo_id.in_(vanished_ids))
         ).all()
+        bursts = session.scalar(select(func.count()).select_from(Burst)) or 0
+        in_bursts = session.scalar(
+            select(func.count())
+            .select_from(Photo)
+            .where(Photo.burst_id.is_not(None), Photo.missing_since.is_(None))
+        )
+        marked = session.scalar(select(func.count()).select_from(Photo).where(Photo.best_keyword.is_(True)))
         queued: dict[str, dict[str, int]] = {}
         for job_model, job_state, count in session.execute(
             select(Job.model_id, Job.state, func.count())
@@ -92,4 +102,6 @@ def stats(db: IndexDB, *, bins: int = 16) -> IndexStats:
                     histogram,
                 )
             )
-    return IndexStats(int(photos or 0), int(vanished or 0), models)
+    return IndexStats(
+        int(photos or 0), int(vanished or 0), models, int(bursts), int(in_bursts or 0), int(marked or 0)
+    )
