@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -234,3 +234,52 @@ def test_a_new_version_of_a_photo_is_read_again(tmp_path: Path) -> None:
     finally:
         db.close()
     assert first.phash is not None and second.phash is not None and distance(first.phash, second.phash) > 20
+
+
+def test_stale_bursts_are_regrouped_when_the_best_vanishes_or_a_rescore_changes_it(
+    env: dict[str, str], shoot: tuple[Path, list[Path], list[Path]], tmp_path: Path
+) -> None:
+    """What the daemon does every few seconds (cull_new): a burst whose best photo vanished, or one of
+    whose photos was scored again (a new model version, no file change), is regrouped; query lists the
+    new best."""
+    from musiq_daemon.index.bursts import cull_new
+    from musiq_daemon.index.models import Burst
+
+    index = scored_copy(shoot[0], tmp_path, env)[1]
+    db = open_index(index)
+
+    def cull() -> list[tuple[int, int | None]]:
+        with db.session() as session:
+            while cull_new(session, "koniq", gap_s=3.0, max_distance=18)[0]:
+                pass
+            return [(b.size, b.best_photo_id) for b in session.scalars(select(Burst))]
+
+    def best_listed() -> set[str]:
+        rows = json.loads(run(["query", "--best-of-burst", "--format", "json", "--db", index], env).stdout)
+        return {Path(r["path"]).name for r in rows if r["burst"] is not None}
+
+    try:
+        ((size, first_best),) = cull()
+        assert size == 5
+        assert cull() == [(5, first_best)]  # nothing stale: the same burst
+        with db.session() as session:
+            ids = {p.rel_path.rsplit("/", 1)[-1]: p.id for p in session.scalars(select(Photo))}
+            runner = next(i for name, i in ids.items() if name.startswith("IMG_000") and i != first_best)
+            session.execute(
+                update(Score)
+                .where(Score.photo_id == runner)
+                .values(score=9.0, scored_at=datetime.now(UTC) + timedelta(seconds=1))
+            )
+        assert cull() == [(5, runner)]
+        names = {i: name for name, i in ids.items()}
+        assert best_listed() == {names[runner]}
+
+        with db.session() as session:
+            session.execute(update(Photo).where(Photo.id == runner).values(missing_since=datetime.now(UTC)))
+        ((size, best),) = cull()
+        assert size == 4 and best == first_best
+        assert best_listed() == {names[first_best]}
+        for _ in range(3):  # settled: nothing stale any more (a later clock does not keep it stale)
+            assert cull() == [(4, first_best)]
+    finally:
+        db.close()

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
@@ -95,7 +95,9 @@ BATCH = 200
 def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int) -> tuple[int, list[Burst]]:
     """Group the photos scored since the last call with their neighbours in time (the daemon's culling as
     photos arrive): reads the features of up to :data:`BATCH` new photos, regroups every photo of the same
-    camera within :data:`WINDOW_S` of them. Returns (new photos read, bursts made)."""
+    camera within :data:`WINDOW_S` of them. Then regroups the bursts that went stale: their best photo
+    vanished, or one of them was scored again since the burst was decided (a new model version can change
+    which is best, without changing the file). Returns (photos read or regrouped, bursts made)."""
     from musiq_daemon.cull import group_bursts
 
     scored = exists().where(Score.photo_id == Photo.id, Score.model_id == model_id, Score.is_latest.is_(True))
@@ -105,7 +107,7 @@ def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int
         )
     )
     if not new_ids:
-        return 0, []
+        return _regroup_stale(session, model_id, gap_s=gap_s, max_distance=max_distance)
     fresh = load_shots(session, model_id, where=Photo.id.in_(new_ids))
     for shot in fresh:
         if shot.phash is None:  # unreadable: mark it read, or it would come back every time
@@ -128,6 +130,45 @@ def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int
     considered = list(nearby.values())
     groups = group_bursts(considered, gap_s=gap_s, max_distance=max_distance)
     return len(fresh), record_bursts(session, considered, groups, model_id)
+
+
+def _regroup_stale(
+    session: Session, model_id: str, *, gap_s: float, max_distance: int
+) -> tuple[int, list[Burst]]:
+    """:func:`cull_new`'s second part: up to :data:`BATCH` stale bursts, regrouped from their present
+    photos (a burst left with one photo is a burst no more)."""
+    from musiq_daemon.cull import group_bursts
+
+    best_gone = exists().where(Photo.id == Burst.best_photo_id, Photo.missing_since.is_not(None))
+    rescored = exists().where(
+        Photo.burst_id == Burst.id,
+        Score.photo_id == Photo.id,
+        Score.model_id == model_id,
+        Score.is_latest.is_(True),
+        Score.scored_at > Burst.decided_at,
+    )
+    stale = list(session.scalars(select(Burst.id).where(or_(best_gone, rescored)).limit(BATCH)))
+    if not stale:
+        return 0, []
+    session.execute(
+        update(Photo).where(Photo.burst_id.in_(stale), Photo.missing_since.is_not(None)).values(burst_id=None)
+    )  # gone: no longer part of any burst
+    considered = load_shots(session, model_id, where=Photo.burst_id.in_(stale))
+    groups = group_bursts(considered, gap_s=gap_s, max_distance=max_distance)
+    made = record_bursts(session, considered, groups, model_id)
+    # A score stamped later than now (another machine's clock ahead) must not leave the burst stale forever.
+    latest = session.scalar(
+        select(func.max(Score.scored_at)).where(
+            Score.photo_id.in_([s.photo_id for s in considered] or [-1]),
+            Score.model_id == model_id,
+            Score.is_latest.is_(True),
+        )
+    )
+    for burst in made:
+        if latest is not None and latest > burst.decided_at:
+            burst.decided_at = latest
+    session.flush()
+    return len(considered), made
 
 
 def pending_keywords(
