@@ -11,6 +11,8 @@ from typing import Any
 import imagegen
 import pytest
 from dam_clients import darktable_missing, darktable_read, tracker_missing, tracker_read
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from imagegen import USER_HIERARCHY, USER_KEYWORDS, exiftool
 from test_metadata_write import ALWAYS_DIFFERENT, MOVED, record
 
@@ -214,3 +216,50 @@ def test_tracker_shows_the_best_of_burst_keyword(scored_jpeg: Path) -> None:
     assert BEST_LEAF in tracker_read(scored_jpeg).keywords
     write_best_of_burst(scored_jpeg, False)
     assert BEST_LEAF not in tracker_read(scored_jpeg).keywords
+
+
+KEYWORD = st.sampled_from(
+    ["mine", "holiday", "Places|France", "MUSIQ", "MUSIQ|koniq|favourite", "best-of-burst-2", "MUSIQ|best",
+     "best of burst", "Ünïcødé 写真", "a/b"]
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    containers=st.dictionaries(
+        st.sampled_from(ours.KEYWORD_CONTAINERS), st.lists(KEYWORD, max_size=4, unique=True), max_size=4
+    )
+)
+def test_the_owners_keywords_survive_adding_and_taking_away_in_every_container(
+    containers: dict[str, list[str]],
+) -> None:
+    """Property: whatever keywords the owner has in whichever containers, marking a photo and unmarking it
+    again leaves every owner keyword where it was, in order; the mark shows in dc:subject and
+    lr:hierarchicalSubject and in the digiKam and Windows containers that exist."""
+    import exiv2
+
+    ours.register_namespace()
+    xmp = exiv2.XmpData()
+    for key, items in containers.items():
+        if items:
+            ours.set_items(
+                xmp, key, items, exiv2.TypeId.xmpSeq if key == ours.TAGS_LIST_KEY else exiv2.TypeId.xmpBag
+            )
+    before = {key: ours.get_items(xmp, key) for key in ours.KEYWORD_CONTAINERS}
+
+    assert ours.apply_best_of_burst(xmp, True)
+    assert ours.best_keyword_reads_back(xmp, True)
+    for key in ours.KEYWORD_CONTAINERS:
+        items = ours.get_items(xmp, key)
+        if before[key] is not None:
+            assert items == [*before[key], ours.best_keyword(key)], key  # appended, the owner's untouched
+        elif key in (ours.TAGS_LIST_KEY, ours.MS_KEYWORDS_KEY):
+            assert items is None, key  # never created
+    assert not ours.apply_best_of_burst(xmp, True)  # idempotent
+
+    assert ours.apply_best_of_burst(xmp, False)
+    assert ours.best_keyword_reads_back(xmp, False)
+    for key in ours.KEYWORD_CONTAINERS:
+        if before[key] is not None:
+            assert ours.get_items(xmp, key) == before[key], key
+    assert ours.apply_best_of_burst(xmp, True)  # the best again: the record says False, no keyword: ours
