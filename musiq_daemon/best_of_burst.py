@@ -7,9 +7,14 @@ bursts in the index (`musiqd cull --write`, and the daemon after it groups new p
 The photos come from :func:`~musiq_daemon.index.bursts.pending_keywords`: each burst's best that is not
 marked yet, and the photos musiqd marked that are no longer their burst's best. Each is written with
 :func:`~musiq_daemon.metadata.writer.write_best_of_burst` where its scores are written (the photo, or its
-sidecars), by the write policy; ``index-only`` writes nothing. What musiqd did is kept in
-``photos.best_keyword``; a photo whose keyword is the user's (see :mod:`musiq_daemon.metadata.xmp`) is left
-as it is and counts as done.
+sidecars), by the write policy; ``index-only`` writes nothing. What became of the keyword is kept in
+``photos.best_keyword``: ``added``, ``removed``, or ``user`` for a photo whose keyword is the user's (see
+:mod:`musiq_daemon.metadata.xmp`), which is left as it is and never looked at again. Only ``added`` tells
+the writer that a keyword without musiqd's record is musiqd's (a photo manager dropped the record).
+
+Where the keyword is taken away is where the scores go now: after a change of write mode (embedded to
+sidecar), a keyword embedded before stays in the photo, and an index made anew does not know which photos
+musiqd marked before.
 
 After an embedded write the photo's row takes the new size and modification time (the image data is
 unchanged, verified by the writer, so its perceptual hash and burst stay), and the written files are
@@ -32,9 +37,9 @@ from pathlib import Path
 from sqlalchemy import ColumnElement
 
 from musiq_daemon.errors import DiskFullError, FileChangedError, MusiqError
-from musiq_daemon.index.bursts import pending_keywords
+from musiq_daemon.index.bursts import BATCH, pending_keywords
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.models import Photo
+from musiq_daemon.index.models import ADDED, REMOVED, USERS, Photo
 from musiq_daemon.index.paths import decode_path
 from musiq_daemon.index.records import record_written_file
 from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_best_of_burst
@@ -49,7 +54,7 @@ class MarkOutcome:
 
     added: int = 0  # photos that got the keyword now
     removed: int = 0  # photos it was taken away from
-    unchanged: int = 0  # already as wanted, or the user's keyword (nothing written)
+    unchanged: int = 0  # already as wanted, or the keyword is the user's (nothing written)
     later: int = 0  # left for the next call (another program was writing, the disk is full, ...)
     refused: dict[int, str] = field(default_factory=dict)  # photo id -> one-line reason
 
@@ -60,7 +65,7 @@ class _Pending:
     root: Path
     path: Path
     best: bool
-    known: bool | None
+    known: bool  # the index says musiqd added it
     stat: tuple[int, int]  # (size, mtime_ns) as the index has it
 
 
@@ -69,52 +74,65 @@ def mark_best_photos(
     policy: WritePolicy,
     *,
     where: ColumnElement[bool] | None = None,
-    limit: int | None = None,
     skip: Set[int] = frozenset(),
     max_file_mb: Mapping[str, int] | None = None,
 ) -> MarkOutcome:
-    """Write the keyword changes the bursts call for (of the photos matching ``where``, at most ``limit``,
-    leaving out the photo ids in ``skip``)."""
+    """Write the keyword changes the bursts call for (of the photos matching ``where``, leaving out the
+    photo ids in ``skip``), :data:`~musiq_daemon.index.bursts.BATCH` photos at a time in id order, so that
+    photos left for later never hold up the others."""
     outcome = MarkOutcome()
     if policy.mode == "index-only" or not policy.best_of_burst:
         return outcome
-    with db.session() as session:
-        pending = [
-            _Pending(
-                photo.id,
-                Path(decode_path(photo.root)),
-                Path(decode_path(photo.root)) / decode_path(photo.rel_path),
-                best,
-                photo.best_keyword,
-                (photo.size, photo.mtime_ns),
-            )
-            for photo, best in pending_keywords(session, where=where, limit=limit)
-            if photo.id not in skip
-        ]
-    for item in pending:
-        try:
-            check_inside(item.path, item.root)
-            before = item.path.stat()
-            result = write_best_of_burst(
-                item.path, item.best, policy, known=item.known, max_file_mb=max_file_mb
-            )
-        except (FileChangedError, DiskFullError, FileNotFoundError) as exc:
-            log.info("%s: best-of-burst keyword not written yet (%s)", item.path, exc)
-            outcome.later += 1
-            continue
-        except (MusiqError, OSError) as exc:
-            message = str(exc) if isinstance(exc, MusiqError) else f"{item.path}: {exc.strerror or exc}"
-            log.warning("best-of-burst keyword not written: %s", message)
-            outcome.refused[item.photo_id] = message
-            continue
-        _record(db, item, result, (before.st_size, before.st_mtime_ns))
-        if not result.changed:
-            outcome.unchanged += 1
-        elif item.best:
-            outcome.added += 1
-        else:
-            outcome.removed += 1
-    return outcome
+    after_id = 0
+    while True:
+        with db.session() as session:
+            page = pending_keywords(session, where=where, after_id=after_id, limit=BATCH)
+            pending = [
+                _Pending(
+                    photo.id,
+                    Path(decode_path(photo.root)),
+                    Path(decode_path(photo.root)) / decode_path(photo.rel_path),
+                    best,
+                    photo.best_keyword == ADDED,
+                    (photo.size, photo.mtime_ns),
+                )
+                for photo, best in page
+            ]
+        if not pending:
+            return outcome
+        after_id = pending[-1].photo_id
+        for item in pending:
+            if item.photo_id not in skip:
+                _mark(db, item, policy, max_file_mb, outcome)
+
+
+def _mark(
+    db: IndexDB,
+    item: _Pending,
+    policy: WritePolicy,
+    max_file_mb: Mapping[str, int] | None,
+    outcome: MarkOutcome,
+) -> None:
+    try:
+        check_inside(item.path, item.root)
+        before = item.path.stat()
+        result = write_best_of_burst(item.path, item.best, policy, known=item.known, max_file_mb=max_file_mb)
+    except (FileChangedError, DiskFullError, FileNotFoundError) as exc:
+        log.info("%s: best-of-burst keyword not written yet (%s)", item.path, exc)
+        outcome.later += 1
+        return
+    except (MusiqError, OSError) as exc:
+        message = str(exc) if isinstance(exc, MusiqError) else f"{item.path}: {exc.strerror or exc}"
+        log.warning("best-of-burst keyword not written: %s", message)
+        outcome.refused[item.photo_id] = message
+        return
+    _record(db, item, result, (before.st_size, before.st_mtime_ns))
+    if not result.changed:
+        outcome.unchanged += 1
+    elif item.best:
+        outcome.added += 1
+    else:
+        outcome.removed += 1
 
 
 def _record(db: IndexDB, item: _Pending, result: WriteResult, before: tuple[int, int]) -> None:
@@ -122,7 +140,9 @@ def _record(db: IndexDB, item: _Pending, result: WriteResult, before: tuple[int,
         photo = session.get(Photo, item.photo_id)
         if photo is None:
             return
-        photo.best_keyword = item.best
+        # The state musiqd left, or the user's: a keyword the user set or removed is theirs from now on.
+        state = result.best_written
+        photo.best_keyword = USERS if state is None else ADDED if state else REMOVED
         for written in result.files:
             if written.changed:
                 record_written_file(session, written.path, written.signature)

@@ -68,7 +68,7 @@ def test_added_then_taken_away_touching_nothing_else(ext: str, tmp_path: Path) -
     scored = dump(photo)
 
     result = write_best_of_burst(photo, True)
-    assert (result.target, result.changed) == ("embedded", True)
+    assert (result.target, result.changed, result.best_written) == ("embedded", True, True)
     best = dump(photo)
     assert changed_fields(scored, best) <= BEST_FIELDS
     assert as_list(best["XMP-lr:HierarchicalSubject"]) == [*USER_HIERARCHY, BUCKET_TAG, BEST_TAG]
@@ -77,7 +77,7 @@ def test_added_then_taken_away_touching_nothing_else(ext: str, tmp_path: Path) -
     assert best["XMP-xmp:Rating"] == 2  # the owner's stars stay
 
     result = write_best_of_burst(photo, False)
-    assert result.changed
+    assert (result.changed, result.best_written) == (True, False)
     after = dump(photo)
     assert changed_fields(scored, after) == {"XMP-musiqd:BestOfBurstWritten"}
     assert after["XMP-musiqd:BestOfBurstWritten"] is False
@@ -104,16 +104,20 @@ def test_a_keyword_the_user_removed_stays_removed(scored_jpeg: Path) -> None:
     write_best_of_burst(scored_jpeg, True)
     exiftool("-q", "-overwrite_original", f"-XMP-dc:Subject-={BEST_LEAF}", *REMOVE_TAG, scored_jpeg)
     content = scored_jpeg.read_bytes()
-    assert not write_best_of_burst(scored_jpeg, True).changed
-    assert not write_best_of_burst(scored_jpeg, False).changed
+    for best in (True, False):
+        result = write_best_of_burst(scored_jpeg, best)
+        assert (result.changed, result.best_written) == (False, None)  # the user's
     assert scored_jpeg.read_bytes() == content
 
 
 def test_a_keyword_the_user_set_is_never_taken_away(scored_jpeg: Path) -> None:
     exiftool("-q", "-overwrite_original", f"-XMP-dc:Subject+={BEST_LEAF}", *ADD_TAG, scored_jpeg)
     content = scored_jpeg.read_bytes()
-    assert not write_best_of_burst(scored_jpeg, False).changed
-    assert not write_best_of_burst(scored_jpeg, True).changed  # there already, and the user's
+    for best in (False, True):
+        result = write_best_of_burst(scored_jpeg, best)
+        assert (result.changed, result.best_written) == (False, None)  # the user's
+    # The index never says musiqd added it (it records the user's state): known stays False.
+    assert write_best_of_burst(scored_jpeg, False, known=False).best_written is None
     assert scored_jpeg.read_bytes() == content
 
 
@@ -157,7 +161,8 @@ def test_a_container_that_held_only_the_keyword_goes_away(tmp_path: Path) -> Non
 def test_raw_keyword_goes_to_the_sidecar_and_taking_it_away_creates_none(tmp_path: Path) -> None:
     raw = imagegen.make_dng(tmp_path / "IMG_0002.dng", 320, 240, preview=(160, 120))
     original = raw.read_bytes()
-    assert not write_best_of_burst(raw, False).changed
+    result = write_best_of_burst(raw, False)
+    assert (result.changed, result.best_written) == (False, False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0002.dng"]
 
     write_score(raw, record(score=3.5), WritePolicy())
@@ -185,12 +190,20 @@ def test_a_rescore_keeps_the_keyword(scored_jpeg: Path) -> None:
     assert after["XMP-musiqd:BestOfBurstWritten"] is True
 
 
-def test_own_keyword_recognition() -> None:
-    assert ours.is_any_own_keyword(ours.HIERARCHICAL_KEY, BEST_TAG)
-    assert ours.is_any_own_keyword(ours.SUBJECT_KEY, BEST_LEAF)
-    assert ours.is_any_own_keyword(ours.TAGS_LIST_KEY, "MUSIQ/best-of-burst")
-    assert not ours.is_any_own_keyword(ours.HIERARCHICAL_KEY, "MUSIQ|best-of-show")
-    assert not ours.is_any_own_keyword(ours.HIERARCHICAL_KEY, BEST_LEAF)  # not our spelling there
+def test_a_users_keyword_of_that_name_survives_score_writes(tmp_path: Path) -> None:
+    """Only a best-of-burst write may change a best-of-burst keyword: a score write that creates
+    lr:hierarchicalSubject, or a new sidecar, carries the owner's ``best-of-burst`` over like any keyword."""
+    assert not ours.is_any_own_keyword(ours.SUBJECT_KEY, BEST_LEAF)
+    photo = imagegen.make_photo(
+        tmp_path / "IMG_0001.jpg", 320, 214, keywords=("holiday", BEST_LEAF), hierarchy=()
+    )
+    write_score(photo, record(score=3.5), WritePolicy())
+    assert as_list(dump(photo)["XMP-lr:HierarchicalSubject"]) == ["holiday", BEST_LEAF, BUCKET_TAG]
+    raw = imagegen.make_dng(tmp_path / "IMG_0002.dng", 320, 240, preview=(160, 120))
+    exiftool("-q", "-overwrite_original", "-XMP-dc:Subject=holiday", f"-XMP-dc:Subject+={BEST_LEAF}", raw)
+    result = write_score(raw, record(score=3.5), WritePolicy())
+    assert result.target == "sidecar" and result.path is not None
+    assert as_list(dump(result.path)["XMP-dc:Subject"]) == ["holiday", BEST_LEAF, BUCKET_LEAF]
 
 
 @needs_darktable
@@ -220,7 +233,7 @@ def test_tracker_shows_the_best_of_burst_keyword(scored_jpeg: Path) -> None:
 
 KEYWORD = st.sampled_from(
     ["mine", "holiday", "Places|France", "MUSIQ", "MUSIQ|koniq|favourite", "best-of-burst-2", "MUSIQ|best",
-     "best of burst", "Ünïcødé 写真", "a/b"]
+     "best of burst", "Ünïcødé 写真", "a/b", "best-of-burst", "MUSIQ|best-of-burst", "MUSIQ/best-of-burst"]
 )  # fmt: skip
 
 
@@ -246,8 +259,14 @@ def test_the_owners_keywords_survive_adding_and_taking_away_in_every_container(
                 xmp, key, items, exiv2.TypeId.xmpSeq if key == ours.TAGS_LIST_KEY else exiv2.TypeId.xmpBag
             )
     before = {key: ours.get_items(xmp, key) for key in ours.KEYWORD_CONTAINERS}
+    if any(ours.best_keyword(key) in (items or []) for key, items in before.items()):
+        # The owner has the keyword (musiqd never wrote it): musiqd touches nothing, either way.
+        for best in (True, False):
+            assert ours.apply_best_of_burst(xmp, best) == ours.BestApplied(False, False)
+        assert {key: ours.get_items(xmp, key) for key in ours.KEYWORD_CONTAINERS} == before
+        return
 
-    assert ours.apply_best_of_burst(xmp, True)
+    assert ours.apply_best_of_burst(xmp, True) == ours.BestApplied(True, True)
     assert ours.best_keyword_reads_back(xmp, True)
     for key in ours.KEYWORD_CONTAINERS:
         items = ours.get_items(xmp, key)
@@ -255,11 +274,11 @@ def test_the_owners_keywords_survive_adding_and_taking_away_in_every_container(
             assert items == [*before[key], ours.best_keyword(key)], key  # appended, the owner's untouched
         elif key in (ours.TAGS_LIST_KEY, ours.MS_KEYWORDS_KEY):
             assert items is None, key  # never created
-    assert not ours.apply_best_of_burst(xmp, True)  # idempotent
+    assert ours.apply_best_of_burst(xmp, True) == ours.BestApplied(False, True)  # idempotent
 
-    assert ours.apply_best_of_burst(xmp, False)
+    assert ours.apply_best_of_burst(xmp, False).changed
     assert ours.best_keyword_reads_back(xmp, False)
     for key in ours.KEYWORD_CONTAINERS:
         if before[key] is not None:
             assert ours.get_items(xmp, key) == before[key], key
-    assert ours.apply_best_of_burst(xmp, True)  # the best again: the record says False, no keyword: ours
+    assert ours.apply_best_of_burst(xmp, True).changed  # the best again: the record says False, no keyword

@@ -23,6 +23,7 @@ from musiq_daemon.index.models import Photo, Score
 MUSIQD = [sys.executable, "-m", "musiq_daemon"]
 START = datetime(2024, 5, 1, 10, 0, 1)
 BEST = "MUSIQ|best-of-burst"
+LEAF = "best-of-burst"
 
 
 def save(
@@ -137,25 +138,66 @@ def test_cull_write_marks_the_best_and_moves_the_mark_when_the_best_changes(
 
     # Another frame becomes the best (as after a rescore with a better model): the mark moves.
     runner = next(p for p in frames if p != best)
+    set_score(index, runner, 9.0)
     db = open_index(index)
     try:
         with db.session() as session:
-            photo = session.scalars(select(Photo).where(Photo.rel_path.endswith(runner.name))).one()
-            session.execute(update(Score).where(Score.photo_id == photo.id).values(score=9.0))
             # The index still knows the marked photo as it is now: musiqd's own write kept its features.
             marked = session.scalars(select(Photo).where(Photo.rel_path.endswith(best.name))).one()
             assert (marked.size, marked.mtime_ns) == (best.stat().st_size, best.stat().st_mtime_ns)
-            assert marked.phash is not None and marked.best_keyword is True
+            assert marked.phash is not None and marked.best_keyword == "added"
     finally:
         db.close()
     moved = run(["cull", str(folder), "--write", "--db", index], env)
     assert "1 marked as the best of their burst, 1 no longer marked" in moved.stderr
     assert [p.name for p in folder.iterdir() if BEST in keywords(p)] == [runner.name]
 
-    # The owner takes the keyword away from the new best: musiqd never puts it back.
-    exiftool("-q", "-overwrite_original", f"-XMP-lr:HierarchicalSubject-={BEST}", runner)
-    run(["cull", str(folder), "--write", "--db", index], env)
-    assert BEST not in keywords(runner)
+    # The owner takes the keyword away from the new best; the best moves away and back: musiqd never puts
+    # it back (the keyword is the owner's from the moment musiqd finds it changed).
+    exiftool(
+        "-q",
+        "-overwrite_original",
+        f"-XMP-dc:Subject-={LEAF}",
+        f"-XMP-lr:HierarchicalSubject-={BEST}",
+        runner,
+    )
+    owned = runner.read_bytes()
+    set_score(index, best, 10.0)
+    away = run(["cull", str(folder), "--write", "--db", index], env)
+    assert "1 marked as the best of their burst, 0 no longer marked, 1 left as they were" in away.stderr
+    set_score(index, runner, 11.0)
+    back = run(["cull", str(folder), "--write", "--db", index], env)
+    assert "0 marked as the best of their burst, 1 no longer marked" in back.stderr
+    assert runner.read_bytes() == owned and BEST not in keywords(runner)
+    assert BEST not in keywords(best)
+
+    # A keyword the owner set by hand on a frame that then becomes the best, and then no longer is: it is
+    # the owner's, and stays.
+    hand = next(p for p in frames if p not in (best, runner))
+    exiftool(
+        "-q", "-overwrite_original", f"-XMP-dc:Subject+={LEAF}", f"-XMP-lr:HierarchicalSubject+={BEST}", hand
+    )
+    handmade = hand.read_bytes()
+    set_score(index, hand, 12.0)
+    took = run(["cull", str(folder), "--write", "--db", index], env)
+    assert "0 marked as the best of their burst, 0 no longer marked, 1 left as they were" in took.stderr
+    set_score(index, hand, 0.5)
+    gave = run(
+        ["cull", str(folder), "--write", "--db", index], env
+    )  # the runner is the best again, its keyword the owner's
+    assert "0 marked as the best of their burst, 0 no longer marked" in gave.stderr
+    assert hand.read_bytes() == handmade and BEST in keywords(hand)
+
+
+def set_score(index: str, photo: Path, score: float) -> None:
+    """Give ``photo`` another score in the index (as a rescore with another model version would)."""
+    db = open_index(index)
+    try:
+        with db.session() as session:
+            row = session.scalars(select(Photo).where(Photo.rel_path.endswith(photo.name))).one()
+            session.execute(update(Score).where(Score.photo_id == row.id).values(score=score))
+    finally:
+        db.close()
 
 
 def test_cull_write_in_index_only_mode_writes_nothing(

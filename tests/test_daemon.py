@@ -1154,7 +1154,7 @@ def test_the_daemon_groups_bursts_as_photos_arrive(spawn: Callable[..., Daemon],
 
     def keyword_written() -> bool:
         with d.db.session() as s:
-            return bool(s.scalar(select(Photo.best_keyword).where(Photo.rel_path == best)))
+            return s.scalar(select(Photo.best_keyword).where(Photo.rel_path == best)) == "added"
 
     wait_until(keyword_written, "the best photo to be marked", timeout=30.0)
     read = ["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(marked)]

@@ -479,7 +479,11 @@ def test_pages_by_offset_are_slices_of_the_whole_result(library: tuple[IndexDB, 
         whole = [(r.path, r.score, r.error) for r in run_query(db, base)]
         assert len(whole) >= 4
         for offset in range(1, len(whole)):
-            for limit in (1, 2, 3):
+            for limit in (1, 2, 3, None):
                 page = dataclasses.replace(base, offset=offset, limit=limit)
                 rows = [(r.path, r.score, r.error) for r in run_query(db, page)]
-                assert rows == whole[offset : offset + limit], (base, offset, limit)
+                assert rows == whole[offset : None if limit is None else offset + limit], (
+                    base,
+                    offset,
+                    limit,
+                )

@@ -173,6 +173,8 @@ def test_best_of_burst_on_every_shape_changes_only_the_keyword(
             assert result.target == "sidecar" and result.path == path.with_name(path.name + ".xmp"), name
             assert "MUSIQ|best-of-burst" in as_list(mid.get("XMP-lr:HierarchicalSubject")), name
             assert "MUSIQ|best-of-burst" not in as_list(new.get("XMP-lr:HierarchicalSubject")), name
+            for snapshot in (mid, new):  # the owner's keywords stay in the sidecar throughout
+                assert {corpus.MINE} <= keywords(snapshot), name
             continue
         assert result.target == "embedded" and result.changed, name
         allowed = {"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "XMP-digiKam:TagsList",

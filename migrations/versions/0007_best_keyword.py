@@ -1,7 +1,9 @@
-"""photos.best_keyword: what musiqd last did with a photo's ``MUSIQ|best-of-burst`` keyword
+"""photos.best_keyword: what became of a photo's ``MUSIQ|best-of-burst`` keyword
 
-True: added it (the photo was its burst's best), False: took it away again, NULL: never touched. `musiqd
-cull --write` and the daemon compare it with the bursts to find the photos whose keyword must change.
+``added`` (musiqd's keyword is there: the photo was its burst's best), ``removed`` (musiqd took it away
+again), ``user`` (the keyword's state is the user's: musiqd leaves it alone), NULL: never decided.
+`musiqd cull --write` and the daemon compare it with the bursts to find the photos whose keyword must
+change.
 
 Revision ID: 0007
 Revises: 0006
@@ -20,7 +22,7 @@ depends_on = None
 
 def upgrade() -> None:
     # In place, as in 0006: SQLite must never copy the photos table (dropping the copy cascades).
-    op.add_column("photos", sa.Column("best_keyword", sa.Boolean(), nullable=True))
+    op.add_column("photos", sa.Column("best_keyword", sa.String(length=8), nullable=True))
 
 
 def downgrade() -> None:

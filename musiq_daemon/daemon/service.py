@@ -484,7 +484,7 @@ class Service:
         A photo whose keyword cannot be written for a reason only the user can change is not retried until
         the next start."""
         from musiq_daemon.best_of_burst import mark_best_photos
-        from musiq_daemon.index.bursts import BATCH, cull_new
+        from musiq_daemon.index.bursts import cull_new
 
         refused: set[int] = set()
         while not self._stop.wait(CULL_INTERVAL_S):
@@ -510,17 +510,10 @@ class Service:
                         log.info("burst of %d photos (%s); best: %s", size, camera, where)
                     if read == 0:
                         break
-                while not self._stop.is_set():
-                    outcome = mark_best_photos(
-                        self.db,
-                        self.config.write,
-                        limit=BATCH,
-                        skip=refused,
-                        max_file_mb=self.config.max_file_mb,
-                    )
-                    refused.update(outcome.refused)
-                    if outcome.added + outcome.removed + outcome.unchanged + len(outcome.refused) == 0:
-                        break  # nothing pending, or only photos to try again later
+                outcome = mark_best_photos(
+                    self.db, self.config.write, skip=refused, max_file_mb=self.config.max_file_mb
+                )
+                refused.update(outcome.refused)
             except Exception as exc:  # the index busy or a photo that cannot be read: the next round retries
                 log.warning("grouping bursts: %s; trying again later", str(exc).splitlines()[0])
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
 from musiq_daemon.errors import MusiqError
-from musiq_daemon.index.models import Burst, Photo, Score
+from musiq_daemon.index.models import ADDED, REMOVED, Burst, Photo, Score
 from musiq_daemon.index.paths import decode_path
 
 log = logging.getLogger("musiqd.cull")
@@ -172,19 +172,25 @@ def _regroup_stale(
 
 
 def pending_keywords(
-    session: Session, *, where: ColumnElement[bool] | None = None, limit: int | None = None
+    session: Session,
+    *,
+    where: ColumnElement[bool] | None = None,
+    after_id: int = 0,
+    limit: int | None = None,
 ) -> list[tuple[Photo, bool]]:
-    """The present photos whose ``MUSIQ|best-of-burst`` keyword must change, each with whether it must be
-    there: the best of a burst that musiqd has not marked yet, and the photos it marked that are no longer
-    their burst's best (a better shot joined, or the burst came apart)."""
+    """The present photos (with ids above ``after_id``, in id order) whose ``MUSIQ|best-of-burst`` keyword
+    must change, each with whether it must be there: the best of a burst that musiqd has not marked yet,
+    and the photos it marked that are no longer their burst's best (a better shot joined, or the burst came
+    apart). A photo whose keyword is the user's is never one of them."""
     is_best = exists().where(Burst.id == Photo.burst_id, Burst.best_photo_id == Photo.id)
     query = (
         select(Photo, is_best)
         .where(
             Photo.missing_since.is_(None),
+            Photo.id > after_id,
             or_(
-                and_(is_best, or_(Photo.best_keyword.is_(None), Photo.best_keyword.is_(False))),
-                and_(Photo.best_keyword.is_(True), ~is_best),
+                and_(is_best, or_(Photo.best_keyword.is_(None), Photo.best_keyword == REMOVED)),
+                and_(Photo.best_keyword == ADDED, ~is_best),
             ),
         )
         .order_by(Photo.id)

@@ -63,6 +63,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: photos.best_keyword: musiqd's best-of-burst keyword is there, musiqd took it away, its state is the user's.
+ADDED, REMOVED, USERS = "added", "removed", "user"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -94,9 +98,9 @@ class Photo(Base):
     phash: Mapped[int | None] = mapped_column(BigInteger)
     # No foreign key (see migration 0006): `cull` clears a photo's burst before it deletes the burst.
     burst_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    # The MUSIQ|best-of-burst keyword as musiqd last left it in the metadata: True added, False taken away
-    # again, None never touched (see musiq_daemon.index.bursts.pending_keywords).
-    best_keyword: Mapped[bool | None] = mapped_column(Boolean)
+    # What became of the photo's MUSIQ|best-of-burst keyword: "added" (musiqd's is there), "removed" (musiqd
+    # took it away), "user" (the user's: left alone), None never decided (see index.bursts.pending_keywords).
+    best_keyword: Mapped[str | None] = mapped_column(String(8))
 
     scores: Mapped[list[Score]] = relationship(back_populates="photo", cascade="all, delete-orphan")
     jobs: Mapped[list[Job]] = relationship(back_populates="photo", cascade="all, delete-orphan")

@@ -164,6 +164,7 @@ class WrittenFile:
     signature: FileSignature  # after the call: the daemon ignores change events that match it
     changed: bool
     rating_written: int | None
+    best_written: bool | None = None  # after write_best_of_burst: see WriteResult.best_written
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,9 @@ class WriteResult:
     # sidecar instead of into the photo.
     notes: tuple[str, ...] = ()
     rating_model: str | None = None  # the model whose score the stars in ``rating_written`` come from
+    # After write_best_of_burst: musiqd's keyword is there now (True), musiqd took it away or never added
+    # it (False), or the keyword is the user's, left as it was (None).
+    best_written: bool | None = None
 
 
 def write_score(
@@ -324,8 +328,10 @@ def _write_plan(path: Path, photo: _Photo, plan: _Plan, policy: WritePolicy) -> 
         targets = sidecar_targets(path, policy.sidecar_naming)
         if plan.best_of_burst is False:  # taking a keyword away never needs a new sidecar
             targets = [(sidecar, exists) for sidecar, exists in targets if exists]
-            if not targets:
-                return WriteResult(None, "sidecar", False, None, None, digest, notes=tuple(notes))
+            if not targets:  # no sidecar: no keyword anywhere
+                return WriteResult(
+                    None, "sidecar", False, None, None, digest, notes=tuple(notes), best_written=False
+                )
         files = tuple(_write_sidecar(sidecar, exists, plan, embedded) for sidecar, exists in targets)
         if notes:
             notes[-1] += f" ({files[0].path.name})"
@@ -340,6 +346,7 @@ def _write_plan(path: Path, photo: _Photo, plan: _Plan, policy: WritePolicy) -> 
         files=files,
         notes=tuple(notes),
         rating_model=next((m.score.model_id for m in plan.models if m.rating_stars is not None), None),
+        best_written=first.best_written,
     )
 
 
@@ -424,7 +431,9 @@ def _write_embedded(
     exif_out = dict(exif)
     applied = _apply(xmp, exif, plan, (), label, exif_out)
     if not applied.changed:
-        return WrittenFile(path, signature, False, applied.rating_written), prepared.repairs
+        return WrittenFile(
+            path, signature, False, applied.rating_written, applied.best_written
+        ), prepared.repairs
     _check_writable(path, label)
     about = _keep_about(xmp, prepared.data)
     standard, extended = _encode(xmp, label)
@@ -442,7 +451,9 @@ def _write_embedded(
         raise WriteError(f"{label}: writing the metadata would change the image data; nothing was written")
     _verify_spliced(layout, new, new_exif, prepared.data, plan, applied, label)
     new_signature = atomic_replace(path, new, expected=signature, preserve_mtime=plan.preserve_mtime)
-    return WrittenFile(path, new_signature, True, applied.rating_written), prepared.repairs
+    return WrittenFile(
+        path, new_signature, True, applied.rating_written, applied.best_written
+    ), prepared.repairs
 
 
 _EXIF_KEYS: Final = {
@@ -546,7 +557,7 @@ def _write_embedded_tiff(
     exif_out = dict(exif)
     applied = _apply(xmp, exif, plan, (), label, exif_out)
     if not applied.changed:
-        return WrittenFile(path, signature, False, applied.rating_written)
+        return WrittenFile(path, signature, False, applied.rating_written, applied.best_written)
     for key, value in exif_out.items():
         if exif.get(key) != value:
             exif_data[key] = exiv2.UShortValue(value)
@@ -562,7 +573,7 @@ def _write_embedded_tiff(
     if containers.tiff_blobs(new) != containers.tiff_blobs(data):
         _refuse(["other metadata would change (IPTC or Photoshop resources)"], label)
     new_signature = atomic_replace(path, new, expected=signature, preserve_mtime=plan.preserve_mtime)
-    return WrittenFile(path, new_signature, True, applied.rating_written)
+    return WrittenFile(path, new_signature, True, applied.rating_written, applied.best_written)
 
 
 def _exif_int(exif: Any, key: str) -> int | None:
@@ -597,7 +608,7 @@ def _write_sidecar(path: Path, exists: bool, plan: _Plan, embedded: _Embedded) -
     before = _Foreign.of(image) if signature is not None else None
     applied = _apply(image.xmpData(), None, plan, embedded.ratings, label, None)
     if not applied.changed and signature is not None:  # (a new sidecar always changes)
-        return WrittenFile(path, signature, False, applied.rating_written)
+        return WrittenFile(path, signature, False, applied.rating_written, applied.best_written)
     if signature is not None:
         _check_writable(path, label)
     new = _serialise(image, label)
@@ -609,7 +620,7 @@ def _write_sidecar(path: Path, exists: bool, plan: _Plan, embedded: _Embedded) -
     new_signature = atomic_replace(
         path, new, expected=signature, preserve_mtime=plan.preserve_mtime and signature is not None
     )
-    return WrittenFile(path, new_signature, True, applied.rating_written)
+    return WrittenFile(path, new_signature, True, applied.rating_written, applied.best_written)
 
 
 @dataclass(frozen=True)
@@ -666,9 +677,12 @@ def _apply(
             changed |= applied.changed
             if model.rating_stars is not None:
                 rating_written = applied.rating_written
+        best_written = None
         if plan.best_of_burst is not None:
-            changed |= ours.apply_best_of_burst(xmp, plan.best_of_burst, known=plan.known_best)
-        return ours.Applied(changed, rating_written)
+            best = ours.apply_best_of_burst(xmp, plan.best_of_burst, known=plan.known_best)
+            changed |= best.changed
+            best_written = plan.best_of_burst if best.ours else None
+        return ours.Applied(changed, rating_written, best_written)
     except exiv2.Exiv2Error as exc:
         raise WriteError(
             f"{label}: cannot update its metadata ({_exiv2_message(exc)}); nothing was written"

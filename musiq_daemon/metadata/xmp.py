@@ -452,15 +452,14 @@ def owner_keywords(xmp: Any, model_id: str | None = None) -> dict[str, list[str]
 
 
 def is_any_own_keyword(key: str, item: str, model_id: str | None = None) -> bool:
-    """:func:`is_own_keyword` for ``model_id``, or for any model (and the best-of-burst keyword) when None."""
+    """:func:`is_own_keyword` for ``model_id``, or for any model when None. The best-of-burst keyword is not
+    one of them: a user may have a keyword of that name, and only a write of it may change it."""
     return _is_any_own(key, item, model_id)
 
 
 def _is_any_own(key: str, item: str, model_id: str | None) -> bool:
     if model_id is not None:
         return is_own_keyword(key, item, model_id)
-    if item == best_keyword(key):
-        return True
     parts = re.split(r"[|/]", item)
     return (
         bool(parts)
@@ -509,11 +508,19 @@ def write_keywords(xmp: Any, keyword: BucketKeyword) -> bool:
     return changed
 
 
-def apply_best_of_burst(xmp: Any, best: bool, *, known: bool | None = None) -> bool:
+@dataclass(frozen=True)
+class BestApplied:
+    """What :func:`apply_best_of_burst` did."""
+
+    changed: bool
+    ours: bool  # musiqd owns the keyword's state now (False: the user's, left as it was)
+
+
+def apply_best_of_burst(xmp: Any, best: bool, *, known: bool | None = None) -> BestApplied:
     """Add (``best``) or take away the best-of-burst keyword in ``xmp`` when musiqd owns it (see the module
-    docstring), recording what it did in ``musiqd:BestOfBurstWritten``. ``known``: what the index says
-    musiqd wrote last, which recognises musiqd's keyword in a file a photo manager rewrote without the
-    record. Returns whether anything changed."""
+    docstring), recording what it did in ``musiqd:BestOfBurstWritten``. ``known``: the index says musiqd
+    added it last, which recognises musiqd's keyword in a file a photo manager rewrote without the
+    record."""
     record = get_text(xmp, BEST_WRITTEN_KEY)
     present = [
         best_keyword(key) in items for key in KEYWORD_CONTAINERS if (items := get_items(xmp, key)) is not None
@@ -522,11 +529,11 @@ def apply_best_of_burst(xmp: Any, best: bool, *, known: bool | None = None) -> b
     if record is None:
         owned = not in_any or (known is True and in_all)
         if not best and not in_any:
-            return False  # never a burst's best: nothing to write
+            return BestApplied(False, True)  # never a burst's best: nothing to write
     else:
         owned = (record == "True" and in_all) or (record == "False" and not in_any)
     if not owned:
-        return False
+        return BestApplied(False, False)
     changed = False
     for key, default_type, create in (
         (HIERARCHICAL_KEY, exiv2.TypeId.xmpBag, True),
@@ -554,7 +561,7 @@ def apply_best_of_burst(xmp: Any, best: bool, *, known: bool | None = None) -> b
     if record != str(best):
         set_text(xmp, BEST_WRITTEN_KEY, str(best))
         changed = True
-    return changed
+    return BestApplied(changed, True)
 
 
 def best_keyword_reads_back(xmp: Any, best: bool) -> bool:
@@ -575,6 +582,9 @@ class Applied:
 
     changed: bool  # anything but the volatile fields differs: the file must be written
     rating_written: int | None  # the stars musiqd holds in the file now, None when not musiqd's
+    # After a best-of-burst write: whether musiqd's keyword is there now (True), musiqd took it away or
+    # never added it (False), or its state is the user's (None).
+    best_written: bool | None = None
 
 
 def apply_score(
@@ -701,7 +711,10 @@ def foreign_differences(
 
     old_plain, old_keywords = split(before)
     new_plain, new_keywords = split(after)
-    emptied = {p for p, k in containers.items() if k in old_keywords and not old_keywords[k]}
+    # Taking the best-of-burst keyword away may remove a container that held only musiqd's keywords.
+    emptied = {
+        p for p, k in containers.items() if best_of_burst and k in old_keywords and not old_keywords[k]
+    }
     changed = sorted(
         path
         for path in old_plain.keys() | new_plain.keys()
@@ -711,7 +724,7 @@ def foreign_differences(
     )
     for key in KEYWORD_CONTAINERS:
         if key in old_keywords:
-            if new_keywords.get(key, [] if not old_keywords[key] else None) != old_keywords[key]:
+            if new_keywords.get(key, [] if packet_path(key) in emptied else None) != old_keywords[key]:
                 changed.append(packet_path(key))
         elif key in new_keywords and new_keywords[key] != carried_keywords(
             {k: [i for i in v if not _is_any_own(k, i, None)] for k, v in old_keywords.items()}, key
