@@ -18,15 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from musiq_daemon.decode import decode_image
+from musiq_daemon.metadata.capture import read_capture
 
 #: Seconds between two frames of one burst (a camera's burst mode shoots several a second; a
 #: photographer re-framing by hand takes a second or two).
@@ -34,10 +34,6 @@ DEFAULT_GAP_S = 3.0
 #: Hash bits (of 63) two frames of one burst may differ by. Frames of one scene differ by a handful (a
 #: heavy blur or a slight crop: up to ~15), different scenes by ~30.
 DEFAULT_MAX_DISTANCE = 18
-
-_EXIF_IFD = 0x8769
-_MAKE, _MODEL = 0x010F, 0x0110
-_DATE_TIME_ORIGINAL, _SUBSEC_ORIGINAL, _OFFSET_ORIGINAL = 0x9003, 0x9291, 0x9011
 
 
 @dataclass(frozen=True)
@@ -82,35 +78,10 @@ def distance(a: int, b: int) -> int:
 
 def camera_and_time(path: Path) -> tuple[str | None, int | None]:
     """(EXIF make and model, capture time in ms since the epoch with sub-seconds), each None when the file
-    does not say. A time without an offset is read in the local zone, as cameras record it."""
-    try:
-        with Image.open(path) as img:
-            exif = img.getexif()
-            sub = exif.get_ifd(_EXIF_IFD)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return None, None
-    make, model = (str(exif.get(tag) or "").strip("\0 ") for tag in (_MAKE, _MODEL))
-    # "Canon" + "Canon EOS R5" is one camera name, "NIKON CORPORATION" + "NIKON Z 6" too.
-    brand = make.split()[0].lower() if make else ""
-    camera = model if brand and model.lower().startswith(brand) else f"{make} {model}".strip()
-    text = sub.get(_DATE_TIME_ORIGINAL)
-    if not isinstance(text, str):
-        return camera or None, None
-    try:
-        taken = datetime.strptime(text.strip("\0 ")[:19], "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return camera or None, None
-    fraction = str(sub.get(_SUBSEC_ORIGINAL) or "").strip("\0 ")
-    if fraction.isdigit():
-        taken += timedelta(seconds=float(f"0.{fraction}"))
-    offset = sub.get(_OFFSET_ORIGINAL)
-    if isinstance(offset, str) and len(offset) >= 6 and offset[0] in "+-" and offset[1:3].isdigit():
-        sign = -1 if offset[0] == "-" else 1
-        zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6] or 0)))
-        aware = taken.replace(tzinfo=zone)
-    else:
-        aware = taken.astimezone()  # local time, as the camera's clock showed it
-    return camera or None, round(aware.astimezone(UTC).timestamp() * 1000)
+    does not say (see :func:`~musiq_daemon.metadata.capture.read_capture`: camera RAW formats included)."""
+    capture = read_capture(path)
+    taken = round(capture.taken.timestamp() * 1000) if capture.taken is not None else None
+    return capture.camera, taken
 
 
 def group_bursts(

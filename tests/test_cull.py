@@ -325,3 +325,38 @@ def test_stale_bursts_are_regrouped_when_the_best_vanishes_or_a_rescore_changes_
             assert cull() == [(4, first_best)]
     finally:
         db.close()
+
+
+def test_camera_raw_formats_pillow_cannot_open_are_grouped_too(tmp_path: Path) -> None:
+    """Burst shooters shoot RAW, much of it in formats Pillow cannot open (CR3, RAF, ORF, RW2): their
+    camera and capture time are read by the metadata library. Here: TIFF-structured RAWs with the ORF
+    signature (the layout of Olympus files), made from one DNG per frame."""
+    from imagegen import make_dng
+
+    from musiq_daemon.metadata.capture import Capture, capture_time, read_capture
+
+    frames = []
+    for i in range(3):
+        dng = make_dng(tmp_path / f"frame{i}.dng", 320, 240, preview=(160, 120))
+        exiftool(
+            "-q", "-overwrite_original", "-Make=OLYMPUS CORPORATION", "-Model=E-M1MarkIII",
+            f"-DateTimeOriginal=2024:06:01 18:30:0{i}", "-SubSecTimeOriginal=37",
+            "-OffsetTimeOriginal=+02:00", dng,
+        )  # fmt: skip
+        raw = tmp_path / f"P{i:07d}.ORF"
+        raw.write_bytes(b"IIRO" + dng.read_bytes()[4:])
+        with pytest.raises(OSError):
+            Image.open(raw)  # Pillow cannot: the metadata library reads it
+        frames.append(raw)
+    capture = read_capture(frames[0])
+    assert capture.camera == "OLYMPUS CORPORATION E-M1MarkIII"
+    assert capture.taken == datetime(2024, 6, 1, 16, 30, 0, 370000, tzinfo=UTC)
+    assert capture_time(frames[0]) == datetime(2024, 6, 1, 16, 30, 0, tzinfo=UTC)
+    shots = [Shot(i, p, *camera_and_time(p), perceptual_hash(p), 3.0 + i) for i, p in enumerate(frames)]
+    assert [s.taken_ms for s in shots] == [shots[0].taken_ms + 1000 * i for i in range(3)]  # type: ignore[operator]
+    (burst,) = group_bursts(shots)
+    assert [s.path for s in burst] == frames
+
+    unreadable = tmp_path / "broken.ORF"
+    unreadable.write_bytes(b"IIRO" + b"\0" * 100)
+    assert read_capture(unreadable) == read_capture(tmp_path / "missing.ORF") == Capture(None, None)
