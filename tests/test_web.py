@@ -122,6 +122,10 @@ def test_gallery_sorted_by_score_with_filters_and_paging(
     culled = names(client.get("/?best=1").text)  # type: ignore[attr-defined]
     burst_best = max((n for n in scores if n.startswith("BURST")), key=lambda n: scores[n])
     assert sorted(culled) == sorted([n for n in scores if not n.startswith("BURST")] + [burst_best])
+    # Each tile of a burst says so; the best one says it is the best.
+    badge = r'<span class="burst( best)?"[^>]*>[^<]*</span><span class="name">([^<]+)<'
+    marked = {name: bool(best) for best, name in re.findall(badge, page.text)}
+    assert marked == {n: n == burst_best for n in scores if n.startswith("BURST")}
     newest = names(client.get("/?sort=date").text)  # type: ignore[attr-defined]
     assert newest[0] == "IMG_07.JPG"
     for bad in (

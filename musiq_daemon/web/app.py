@@ -137,6 +137,7 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
         source = reader()
         try:
             rows = list(run_query(source, q))
+            best = _best_of_bursts(source, {r.burst for r in rows[:per] if r.burst is not None})
             total = _fast_count(source, q)
             bars = histogram(source, model.id, model.scale_min, model.scale_max)
             models = [m for m in catalogue.models if _has_scores(source, m)]
@@ -170,7 +171,7 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
                 "rows": rows, "model": model, "models": models or [model.id], "total": total, "page": page,
                 "pages": max(1, math.ceil(total / per)) if total is not None else None, "per": per,
                 "params": keep, "histogram": bars, "prev_url": prev_url, "next_url": next_url,
-                "model_query": urlencode({"model": model.id}),
+                "model_query": urlencode({"model": model.id}), "best": best,
             },
         )  # fmt: skip
 
@@ -257,6 +258,16 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
 #: walking every score of the model and looking up each photo (hundreds of ms on 100,000 photos without
 #: statistics); PostgreSQL plans it as any join.
 _VANISHED = "FROM photos p CROSS JOIN scores s WHERE s.photo_id = p.id AND p.missing_since IS NOT NULL"
+
+
+def _best_of_bursts(source: Reader, bursts: set[int]) -> set[int]:
+    """The best photo of each of ``bursts`` (the tiles of a page get a "best of burst" badge)."""
+    if not bursts:
+        return set()
+    names = {f"b{i}": burst for i, burst in enumerate(sorted(bursts))}
+    marks = ", ".join(f":{name}" for name in names)
+    rows = source.rows(f"SELECT best_photo_id FROM bursts WHERE id IN ({marks})", names)
+    return {int(best) for (best,) in rows if best is not None}
 
 
 def _fast_count(source: Reader, q: ScoreQuery) -> int | None:
