@@ -257,3 +257,20 @@ def test_the_gallery_in_a_real_browser(
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_gallery_opens_on_the_configured_model(
+    library: tuple[Path, str, dict[str, float]], tmp_path: Path
+) -> None:
+    """`musiqd serve` passes the first configured model: pages show its scores unless they name another."""
+    from starlette.testclient import TestClient
+
+    from musiq_daemon.errors import UsageError
+    from musiq_daemon.web.app import create_app
+
+    with TestClient(create_app(library[1], thumbs=tmp_path / "thumbs", model="ava")) as ava:
+        page = ava.get("/").text
+        assert "No photo matches." in page and 'title="scores of ava (1.0-10.0)"' in page
+        assert names(ava.get("/?model=koniq").text)  # the koniq scores are there
+    with pytest.raises(UsageError):
+        create_app(library[1], thumbs=tmp_path / "thumbs", model="nope")

@@ -57,6 +57,8 @@ def serve(
     from musiq_daemon.index.reader import open_reader
 
     open_reader(settings.database).close()  # a missing or unreadable index: one line now, not per page
-    app = create_app(settings.database, thumbs=thumbs or data_dir() / "thumbs", token=secret)
+    app = create_app(
+        settings.database, thumbs=thumbs or data_dir() / "thumbs", token=secret, model=settings.models[0]
+    )
     typer.echo(f"musiqd gallery on http://{host}:{port}/" + ("?token=..." if secret else ""), err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

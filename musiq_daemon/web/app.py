@@ -66,10 +66,14 @@ def _anchor(request: Request, name: str) -> tuple[float, int] | None:
     return anchor
 
 
-def create_app(database: str | None, *, thumbs: Path, token: str | None = None) -> Starlette:
+def create_app(
+    database: str | None, *, thumbs: Path, token: str | None = None, model: str | None = None
+) -> Starlette:
     """The gallery of the index at ``database``; ``token``: required from every request (as ``?token=``
-    once, then a cookie), for a server reachable from other machines."""
+    once, then a cookie), for a server reachable from other machines; ``model``: the model whose scores a
+    page shows unless it names another (default: the catalogue's default, koniq)."""
     catalogue = load_catalogue()
+    default_model = catalogue.get(model or catalogue.default_model).id
     histograms: dict[str, tuple[float, list[tuple[float, float, int, int]]]] = {}
 
     def histogram(source: Reader, model_id: str, lo: float, hi: float) -> list[tuple[float, float, int, int]]:
@@ -109,7 +113,7 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
         return endpoint
 
     async def gallery(request: Request) -> Response:
-        model = catalogue.get(request.query_params.get("model") or catalogue.default_model)
+        model = catalogue.get(request.query_params.get("model") or default_model)
         page = _number(request, "page", int)
         page = 1 if page is None else page
         per = min(max(_number(request, "per", int) or PER_PAGE, 1), MAX_PER_PAGE)
@@ -198,7 +202,7 @@ def create_app(database: str | None, *, thumbs: Path, token: str | None = None) 
             )
             members: list[Any] = []
             if burst is not None:
-                model = catalogue.get(request.query_params.get("model") or catalogue.default_model).id
+                model = catalogue.get(request.query_params.get("model") or default_model).id
                 members = list(
                     source.rows(
                         "SELECT p.id, p.rel_path, s.score, (b.best_photo_id = p.id) FROM photos p "
