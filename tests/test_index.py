@@ -487,3 +487,24 @@ def test_pages_by_offset_are_slices_of_the_whole_result(library: tuple[IndexDB, 
                     offset,
                     limit,
                 )
+
+
+def test_best_of_burst_lists_one_photo_a_burst_and_all_of_a_burst_without_a_best(
+    library: tuple[IndexDB, Path],
+) -> None:
+    from musiq_daemon.index.models import Burst
+
+    db, root = library
+    with db.session() as s:
+        ids = {p.rel_path: p.id for p in s.scalars(select(Photo))}
+        now = datetime.now(UTC)
+        undecided = Burst(size=2, model_id="ava", best_photo_id=None, decided_at=now)  # nothing scored by ava
+        decided = Burst(size=2, model_id="koniq", best_photo_id=ids["2024/d.jpg"], decided_at=now)
+        s.add_all([undecided, decided])
+        s.flush()
+        for rel, burst in (("2023/b.jpg", undecided), ("2023/trip/c.jpg", undecided), ("2024/d.jpg", decided),
+                           ("2024/ünïcødé 写真.jpg", decided)):  # fmt: skip
+            s.get(Photo, ids[rel]).burst_id = burst.id  # type: ignore[union-attr]
+    every = set(paths(run_query(db, ScoreQuery(model="koniq")), root))
+    best = set(paths(run_query(db, ScoreQuery(model="koniq", best_of_burst=True)), root))
+    assert best == every - {"2024/ünïcødé 写真.jpg"}

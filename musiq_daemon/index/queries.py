@@ -175,7 +175,9 @@ def _sql(reader: Reader, q: ScoreQuery, *, paths_only: bool = False) -> tuple[st
         where.append(f"({_under_sql(reader, q.under, params)})")
     if q.best_of_burst:
         where.append(
-            "(p.burst_id IS NULL OR p.id = (SELECT b.best_photo_id FROM bursts b WHERE b.id = p.burst_id))"
+            # A burst without a best yet (none of it scored by the culling model) hides none of its photos.
+            "(p.burst_id IS NULL OR p.id = "
+            "COALESCE((SELECT b.best_photo_id FROM bursts b WHERE b.id = p.burst_id), p.id))"
         )
     if q.since is not None:
         where.append("p.taken_at >= :since")
