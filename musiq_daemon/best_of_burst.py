@@ -34,12 +34,12 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, update
 
 from musiq_daemon.errors import DiskFullError, FileChangedError, MusiqError
 from musiq_daemon.index.bursts import BATCH, pending_keywords
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.models import ADDED, REMOVED, USERS, Photo
+from musiq_daemon.index.models import ADDED, REMOVED, UNMARK, USERS, Burst, Photo
 from musiq_daemon.index.paths import decode_path
 from musiq_daemon.index.records import record_written_file
 from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_best_of_burst
@@ -65,8 +65,14 @@ class _Pending:
     root: Path
     path: Path
     best: bool
-    known: bool  # the index says musiqd added it
+    state: str | None  # photos.best_keyword
     stat: tuple[int, int]  # (size, mtime_ns) as the index has it
+    burst_id: int | None  # the burst whose best it is (None for a former best)
+
+    @property
+    def known(self) -> bool:
+        """The index says musiqd added the keyword."""
+        return self.state in (ADDED, UNMARK)
 
 
 def mark_best_photos(
@@ -78,32 +84,40 @@ def mark_best_photos(
     max_file_mb: Mapping[str, int] | None = None,
 ) -> MarkOutcome:
     """Write the keyword changes the bursts call for (of the photos matching ``where``, leaving out the
-    photo ids in ``skip``), :data:`~musiq_daemon.index.bursts.BATCH` photos at a time in id order, so that
-    photos left for later never hold up the others."""
+    photo ids in ``skip``), :data:`~musiq_daemon.index.bursts.BATCH` photos at a time, so that photos
+    left for later never hold up the others."""
     outcome = MarkOutcome()
     if policy.mode == "index-only" or not policy.best_of_burst:
         return outcome
-    after_id = 0
-    while True:
+    for best in (False, True):  # the keywords to take away, then those to add
+        after: int | None = 0
+        while after is not None:
+            with db.session() as session:
+                page, after = pending_keywords(session, best=best, where=where, after=after, limit=BATCH)
+                pending = [
+                    _Pending(
+                        p.photo.id,
+                        Path(decode_path(p.photo.root)),
+                        Path(decode_path(p.photo.root)) / decode_path(p.photo.rel_path),
+                        p.best,
+                        p.photo.best_keyword,
+                        (p.photo.size, p.photo.mtime_ns),
+                        p.burst_id,
+                    )
+                    for p in page
+                ]
+            for item in pending:
+                if item.best and item.state in (ADDED, USERS):  # marked already, or the user's: no write
+                    _burst_done(db, item.burst_id)
+                elif item.photo_id not in skip:
+                    _mark(db, item, policy, max_file_mb, outcome)
+    return outcome
+
+
+def _burst_done(db: IndexDB, burst_id: int | None) -> None:
+    if burst_id is not None:
         with db.session() as session:
-            page = pending_keywords(session, where=where, after_id=after_id, limit=BATCH)
-            pending = [
-                _Pending(
-                    photo.id,
-                    Path(decode_path(photo.root)),
-                    Path(decode_path(photo.root)) / decode_path(photo.rel_path),
-                    best,
-                    photo.best_keyword == ADDED,
-                    (photo.size, photo.mtime_ns),
-                )
-                for photo, best in page
-            ]
-        if not pending:
-            return outcome
-        after_id = pending[-1].photo_id
-        for item in pending:
-            if item.photo_id not in skip:
-                _mark(db, item, policy, max_file_mb, outcome)
+            session.execute(update(Burst).where(Burst.id == burst_id).values(keyword_done=True))
 
 
 def _mark(
@@ -146,6 +160,8 @@ def _record(db: IndexDB, item: _Pending, result: WriteResult, before: tuple[int,
         for written in result.files:
             if written.changed:
                 record_written_file(session, written.path, written.signature)
+        if item.burst_id is not None:
+            session.execute(update(Burst).where(Burst.id == item.burst_id).values(keyword_done=True))
         signature = result.signature
         # The new version is musiqd's own write of the version the index knew: it keeps its features.
         ours = result.target == "embedded" and result.changed and signature is not None

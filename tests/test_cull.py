@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -360,3 +361,51 @@ def test_camera_raw_formats_pillow_cannot_open_are_grouped_too(tmp_path: Path) -
     unreadable = tmp_path / "broken.ORF"
     unreadable.write_bytes(b"IIRO" + b"\0" * 100)
     assert read_capture(unreadable) == read_capture(tmp_path / "missing.ORF") == Capture(None, None)
+
+
+def test_pending_keywords_page_through_bursts_and_unmarks(tmp_path: Path) -> None:
+    """The photos whose keyword may change come a page at a time, through the bursts still to do and the
+    photos to unmark: a burst whose best vanished, or a photo left out by the paths, never stops the pages."""
+    from musiq_daemon.index.bursts import pending_keywords, record_bursts
+    from musiq_daemon.index.models import Burst
+
+    db = open_index(str(tmp_path / "index.sqlite3"))
+    now = datetime.now(UTC)
+    try:
+        with db.session() as session:
+            photos = [
+                Photo(root="/r", rel_path=f"{'b' if i % 2 else 'a'}/{i}.jpg", size=1, mtime_ns=1,
+                      first_seen=now, last_seen=now, missing_since=now if i == 4 else None)
+                for i in range(20)
+            ]  # fmt: skip
+            session.add_all(photos)
+            session.flush()
+            shots = [Shot(p.id, Path(p.rel_path), "cam", i * 1000, 0, float(i)) for i, p in enumerate(photos)]
+            pairs = [shots[i : i + 2] for i in range(0, 20, 2)]  # ten bursts of two: the odd photo is best
+            record_bursts(session, shots, pairs, "koniq")
+
+        def every(best: bool, where: object = None) -> list[int]:
+            seen, after = [], 0
+            while after is not None:
+                with db.session() as session:
+                    page, after = pending_keywords(session, best=best, where=where, after=after, limit=3)  # type: ignore[arg-type]
+                    seen += [p.photo.id for p in page]
+            return seen
+
+        odd = [p.id for i, p in enumerate(photos) if i % 2]
+        assert every(True) == odd  # photo 4 is missing, but it is no best anyway
+        assert every(True, Photo.rel_path.startswith("a/")) == []
+        assert every(False) == []
+        with db.session() as session:
+            session.execute(update(Photo).where(Photo.id.in_(odd)).values(best_keyword="added"))
+            session.execute(update(Burst).values(keyword_done=True))
+            reshuffled = [[shots[i], shots[i + 1]] for i in range(0, 20, 2)]
+            for group in reshuffled:
+                group[1] = replace(group[1], score=-1.0)  # the even photo is now the best
+            record_bursts(session, shots, reshuffled, "koniq")
+            states = dict(session.execute(select(Photo.id, Photo.best_keyword)).all())
+        assert [states[i] for i in odd] == ["unmark"] * 10
+        assert every(False) == odd
+        assert every(True) == [p.id for i, p in enumerate(photos) if not i % 2 and i != 4]  # 4 vanished
+    finally:
+        db.close()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
 from musiq_daemon.errors import MusiqError
-from musiq_daemon.index.models import ADDED, REMOVED, Burst, Photo, Score
+from musiq_daemon.index.models import ADDED, UNMARK, Burst, Photo, Score
 from musiq_daemon.index.paths import decode_path
 
 log = logging.getLogger("musiqd.cull")
@@ -58,13 +59,24 @@ def load_shots(
 def record_bursts(
     session: Session, considered: Sequence[Shot], groups: Sequence[Sequence[Shot]], model_id: str
 ) -> list[Burst]:
-    """Replace the bursts of the ``considered`` photos by ``groups`` (bursts of other photos stay)."""
+    """Replace the bursts of the ``considered`` photos by ``groups`` (bursts of other photos stay). A photo
+    musiqd marked best-of-burst that is no longer a best becomes ``unmark`` (its keyword is to be taken
+    away), one that is the best again ``added``; a new burst's best is to be seen to (``keyword_done``)."""
     ids = [shot.photo_id for shot in considered]
-    for start in range(0, len(ids), 500):
-        session.execute(update(Photo).where(Photo.id.in_(ids[start : start + 500])).values(burst_id=None))
-    session.execute(delete(Burst).where(~exists().where(Photo.burst_id == Burst.id)))
+    chunks = [ids[start : start + 500] for start in range(0, len(ids), 500)]
+    old: set[int] = set()
+    for chunk in chunks:
+        old.update(
+            session.scalars(select(Photo.burst_id).where(Photo.id.in_(chunk), Photo.burst_id.is_not(None)))
+        )
+        session.execute(update(Photo).where(Photo.id.in_(chunk)).values(burst_id=None))
+    emptied = sorted(old)
+    for start in range(0, len(emptied), 500):
+        gone = emptied[start : start + 500]
+        session.execute(delete(Burst).where(Burst.id.in_(gone), ~exists().where(Photo.burst_id == Burst.id)))
     moment = datetime.now(UTC)
     made = []
+    bests: set[int] = set()
     for group in groups:
         best = best_of(group)
         first, last = group[0].taken_ms, group[-1].taken_ms
@@ -76,13 +88,27 @@ def record_bursts(
             model_id=model_id,
             best_photo_id=best.photo_id if best is not None else None,
             decided_at=moment,
+            keyword_done=False,
         )
         session.add(burst)
         session.flush()
         session.execute(
             update(Photo).where(Photo.id.in_([s.photo_id for s in group])).values(burst_id=burst.id)
         )
+        if best is not None:
+            bests.add(best.photo_id)
         made.append(burst)
+    for chunk in chunks:
+        session.execute(
+            update(Photo)
+            .where(Photo.id.in_(chunk), Photo.best_keyword == ADDED, Photo.id.not_in(bests or [-1]))
+            .values(best_keyword=UNMARK)
+        )
+        session.execute(
+            update(Photo)
+            .where(Photo.id.in_(chunk), Photo.best_keyword == UNMARK, Photo.id.in_(bests or [-1]))
+            .values(best_keyword=ADDED)
+        )
     return made
 
 
@@ -171,32 +197,52 @@ def _regroup_stale(
     return len(considered), made
 
 
+@dataclass(frozen=True)
+class PendingKeyword:
+    """A photo whose ``MUSIQ|best-of-burst`` keyword may have to change."""
+
+    photo: Photo
+    best: bool  # whether the keyword must be there
+    burst_id: int | None  # the burst whose best it is, to be marked done (None for a former best)
+
+
 def pending_keywords(
     session: Session,
     *,
+    best: bool,
     where: ColumnElement[bool] | None = None,
-    after_id: int = 0,
-    limit: int | None = None,
-) -> list[tuple[Photo, bool]]:
-    """The present photos (with ids above ``after_id``, in id order) whose ``MUSIQ|best-of-burst`` keyword
-    must change, each with whether it must be there: the best of a burst that musiqd has not marked yet,
-    and the photos it marked that are no longer their burst's best (a better shot joined, or the burst came
-    apart). A photo whose keyword is the user's is never one of them."""
-    is_best = exists().where(Burst.id == Photo.burst_id, Burst.best_photo_id == Photo.id)
-    query = (
-        select(Photo, is_best)
-        .where(
-            Photo.missing_since.is_(None),
-            Photo.id > after_id,
-            or_(
-                and_(is_best, or_(Photo.best_keyword.is_(None), Photo.best_keyword == REMOVED)),
-                and_(Photo.best_keyword == ADDED, ~is_best),
-            ),
+    after: int = 0,
+    limit: int = 200,
+) -> tuple[list[PendingKeyword], int | None]:
+    """The present photos whose ``MUSIQ|best-of-burst`` keyword may have to change, a page at a time, and
+    where the next page starts (None after the last). ``best``: the best photo of each burst not yet seen
+    to (``bursts.keyword_done``), in the order of the photos' ids; else the photos musiqd marked that are no
+    longer their burst's best (``unmark``, set by :func:`record_bursts`: a better shot joined, or the burst
+    came apart). Both through an index: never a pass over every photo or every burst."""
+    if best:
+        # The bursts to do first (a page of them), then their photos: the database must not start from
+        # the photos, which an "is not missing" condition would make it do.
+        todo = (
+            select(Burst.id, Burst.best_photo_id)
+            .where(Burst.keyword_done == false(), Burst.best_photo_id > after)
+            .order_by(Burst.best_photo_id)
+            .limit(limit)
+            .subquery()
         )
-        .order_by(Photo.id)
-    )
+        # An outer join: a burst whose photo is left out still moves the page on.
+        on = and_(
+            Photo.id == todo.c.best_photo_id, Photo.burst_id == todo.c.id, Photo.missing_since.is_(None)
+        )
+        rows = session.execute(
+            select(Photo, todo.c.id, todo.c.best_photo_id)
+            .select_from(todo)
+            .outerjoin(Photo, on if where is None else and_(on, where))
+            .order_by(todo.c.best_photo_id)
+        ).all()
+        keep = [PendingKeyword(photo, True, burst_id) for photo, burst_id, _ in rows if photo is not None]
+        return keep, (rows[-1][2] if len(rows) == limit else None)
+    query = select(Photo).where(Photo.best_keyword == UNMARK, Photo.missing_since.is_(None), Photo.id > after)
     if where is not None:
         query = query.where(where)
-    if limit is not None:
-        query = query.limit(limit)
-    return [(photo, bool(best)) for photo, best in session.execute(query).all()]
+    photos = list(session.scalars(query.order_by(Photo.id).limit(limit)))
+    return [PendingKeyword(p, False, None) for p in photos], (photos[-1].id if len(photos) == limit else None)

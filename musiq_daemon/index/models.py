@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -63,8 +64,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-#: photos.best_keyword: musiqd's best-of-burst keyword is there, musiqd took it away, its state is the user's.
-ADDED, REMOVED, USERS = "added", "removed", "user"
+#: photos.best_keyword: musiqd's best-of-burst keyword is there; it is there but the photo is no longer the
+#: best (to be taken away); musiqd took it away; its state is the user's.
+ADDED, UNMARK, REMOVED, USERS = "added", "unmark", "removed", "user"
 
 
 class Base(DeclarativeBase):
@@ -98,9 +100,10 @@ class Photo(Base):
     phash: Mapped[int | None] = mapped_column(BigInteger)
     # No foreign key (see migration 0006): `cull` clears a photo's burst before it deletes the burst.
     burst_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    # What became of the photo's MUSIQ|best-of-burst keyword: "added" (musiqd's is there), "removed" (musiqd
-    # took it away), "user" (the user's: left alone), None never decided (see index.bursts.pending_keywords).
-    best_keyword: Mapped[str | None] = mapped_column(String(8))
+    # What became of the photo's MUSIQ|best-of-burst keyword: "added" (musiqd's is there), "unmark" (there,
+    # to be taken away), "removed" (musiqd took it away), "user" (the user's: left alone), None never decided
+    # (see index.bursts.pending_keywords).
+    best_keyword: Mapped[str | None] = mapped_column(String(8), index=True)
 
     scores: Mapped[list[Score]] = relationship(back_populates="photo", cascade="all, delete-orphan")
     jobs: Mapped[list[Job]] = relationship(back_populates="photo", cascade="all, delete-orphan")
@@ -119,6 +122,8 @@ class Burst(Base):
     model_id: Mapped[str] = mapped_column(String(64))  # whose score chose the best
     best_photo_id: Mapped[int | None] = mapped_column(Integer)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The best photo's keyword has been seen to (musiq_daemon.best_of_burst); a new burst starts without.
+    keyword_done: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
 
 
 class Score(Base):

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.models import ADDED, Burst, Job, Photo, Score
+from musiq_daemon.index.models import ADDED, UNMARK, Burst, Job, Photo, Score
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ def stats(db: IndexDB, *, bins: int = 16) -> IndexStats:
             .select_from(Photo)
             .where(Photo.burst_id.is_not(None), Photo.missing_since.is_(None))
         )
-        marked = session.scalar(select(func.count()).select_from(Photo).where(Photo.best_keyword == ADDED))
+        marked = session.scalar(
+            select(func.count()).select_from(Photo).where(Photo.best_keyword.in_((ADDED, UNMARK)))
+        )
         queued: dict[str, dict[str, int]] = {}
         for job_model, job_state, count in session.execute(
             select(Job.model_id, Job.state, func.count())
