@@ -8,9 +8,13 @@ The photos come from :func:`~musiq_daemon.index.bursts.pending_keywords`: each b
 marked yet, and the photos musiqd marked that are no longer their burst's best. Each is written with
 :func:`~musiq_daemon.metadata.writer.write_best_of_burst` where its scores are written (the photo, or its
 sidecars), by the write policy; ``index-only`` writes nothing. What became of the keyword is kept in
-``photos.best_keyword``: ``added``, ``removed``, or ``user`` for a photo whose keyword is the user's (see
-:mod:`musiq_daemon.metadata.xmp`), which is left as it is and never looked at again. Only ``added`` tells
-the writer that a keyword without musiqd's record is musiqd's (a photo manager dropped the record).
+``photos.best_keyword`` (see :mod:`musiq_daemon.index.models`): ``added``; ``recheck`` (added, but the file
+changed since); ``unmark`` (added, no longer the best); ``removed``; or ``user`` for a photo whose keyword
+is the user's (see :mod:`musiq_daemon.metadata.xmp`), which is left as it is and never looked at again.
+The first three tell the writer that a keyword without musiqd's record is musiqd's (a photo manager
+dropped the record). A burst's best whose state is ``added`` or ``user`` is not read at all. Every
+outcome is recorded against the photo as it is then: another process may have regrouped the burst while
+the file was written.
 
 Where the keyword is taken away is where the scores go now: after a change of write mode (embedded to
 sidecar), a keyword embedded before stays in the photo, and an index made anew does not know which photos
@@ -34,12 +38,12 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, select, update
 
 from musiq_daemon.errors import DiskFullError, FileChangedError, MusiqError
 from musiq_daemon.index.bursts import BATCH, pending_keywords
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.models import ADDED, REMOVED, UNMARK, USERS, Burst, Photo
+from musiq_daemon.index.models import ADDED, MARKED, REMOVED, UNMARK, USERS, Burst, Photo
 from musiq_daemon.index.paths import decode_path
 from musiq_daemon.index.records import record_written_file
 from musiq_daemon.metadata.writer import WritePolicy, WriteResult, write_best_of_burst
@@ -72,7 +76,7 @@ class _Pending:
     @property
     def known(self) -> bool:
         """The index says musiqd added the keyword."""
-        return self.state in (ADDED, UNMARK)
+        return self.state in MARKED
 
 
 def mark_best_photos(
@@ -108,16 +112,22 @@ def mark_best_photos(
                 ]
             for item in pending:
                 if item.best and item.state in (ADDED, USERS):  # marked already, or the user's: no write
-                    _burst_done(db, item.burst_id)
+                    _burst_done(db, item.burst_id, item.photo_id)
                 elif item.photo_id not in skip:
                     _mark(db, item, policy, max_file_mb, outcome)
     return outcome
 
 
-def _burst_done(db: IndexDB, burst_id: int | None) -> None:
+def _burst_done(db: IndexDB, burst_id: int | None, photo_id: int) -> None:
+    """The burst's best is seen to: only while it is still that burst's best (another process may have
+    regrouped it meanwhile, and SQLite reuses a deleted burst's id)."""
     if burst_id is not None:
         with db.session() as session:
-            session.execute(update(Burst).where(Burst.id == burst_id).values(keyword_done=True))
+            session.execute(
+                update(Burst)
+                .where(Burst.id == burst_id, Burst.best_photo_id == photo_id)
+                .values(keyword_done=True)
+            )
 
 
 def _mark(
@@ -150,18 +160,29 @@ def _mark(
 
 
 def _record(db: IndexDB, item: _Pending, result: WriteResult, before: tuple[int, int]) -> None:
+    """What the write left, in one transaction that first looks at the photo as it is now: another process
+    (the daemon, or `musiqd cull`) may have regrouped its burst while the file was written."""
     with db.session() as session:
-        photo = session.get(Photo, item.photo_id)
+        photo = session.get(Photo, item.photo_id, with_for_update=True)
         if photo is None:
             return
-        # The state musiqd left, or the user's: a keyword the user set or removed is theirs from now on.
-        state = result.best_written
-        photo.best_keyword = USERS if state is None else ADDED if state else REMOVED
-        for written in result.files:
-            if written.changed:
-                record_written_file(session, written.path, written.signature)
-        if item.burst_id is not None:
-            session.execute(update(Burst).where(Burst.id == item.burst_id).values(keyword_done=True))
+        best_now = photo.burst_id is not None and session.scalar(
+            select(Burst.id).where(Burst.id == photo.burst_id, Burst.best_photo_id == photo.id)
+        )
+        written = result.best_written
+        if written is None:  # the user's, from now on
+            photo.best_keyword = USERS
+        elif written:
+            photo.best_keyword = ADDED if best_now else UNMARK  # no longer the best: to be taken away
+        else:
+            photo.best_keyword = REMOVED
+            if best_now:  # the best again meanwhile: its burst is to be seen to again
+                session.execute(update(Burst).where(Burst.id == photo.burst_id).values(keyword_done=False))
+        if best_now and photo.best_keyword in (ADDED, USERS):
+            session.execute(update(Burst).where(Burst.id == photo.burst_id).values(keyword_done=True))
+        for file in result.files:
+            if file.changed:
+                record_written_file(session, file.path, file.signature)
         signature = result.signature
         # The new version is musiqd's own write of the version the index knew: it keeps its features.
         ours = result.target == "embedded" and result.changed and signature is not None

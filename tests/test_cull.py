@@ -285,8 +285,10 @@ def test_stale_bursts_are_regrouped_when_the_best_vanishes_or_a_rescore_changes_
     """What the daemon does every few seconds (cull_new): a burst whose best photo vanished, or one of
     whose photos was scored again (a new model version, no file change), is regrouped; query lists the
     new best."""
+    from musiq_daemon.api import ScoreRecord
     from musiq_daemon.index.bursts import cull_new
     from musiq_daemon.index.models import Burst
+    from musiq_daemon.index.records import record_results
 
     index = scored_copy(shoot[0], tmp_path, env)[1]
     db = open_index(index)
@@ -308,11 +310,19 @@ def test_stale_bursts_are_regrouped_when_the_best_vanishes_or_a_rescore_changes_
         with db.session() as session:
             ids = {p.rel_path.rsplit("/", 1)[-1]: p.id for p in session.scalars(select(Photo))}
             runner = next(i for name, i in ids.items() if name.startswith("IMG_000") and i != first_best)
-            session.execute(
-                update(Score)
-                .where(Score.photo_id == runner)
-                .values(score=9.0, scored_at=datetime.now(UTC) + timedelta(seconds=1))
-            )
+            photo = session.get(Photo, runner)
+            assert photo is not None
+            path = Path(photo.root) / photo.rel_path
+            # Scored again (a new model version) the way every scoring is recorded; the file is unchanged.
+            latest = session.scalars(select(Score).where(Score.photo_id == runner)).one()
+            record = ScoreRecord(
+                score=9.0, raw=9.0, model_id="koniq", model_version="newversion01", variant=latest.variant,
+                model_sha256="0" * 64, scale_min=1.0, scale_max=5.0,
+                resolution_policy=latest.resolution_policy,
+                device="cpu", num_tokens=1, scored_size=(1, 1), stored_size=(1200, 800), source="full",
+                format="JPEG", orientation_applied=False, scored_at=datetime.now(UTC).isoformat(),
+            )  # fmt: skip
+            record_results(session, path, [record], None, roots=[Path(photo.root)])
         assert cull() == [(5, runner)]
         names = {i: name for name, i in ids.items()}
         assert best_listed() == {names[runner]}
@@ -322,7 +332,7 @@ def test_stale_bursts_are_regrouped_when_the_best_vanishes_or_a_rescore_changes_
         ((size, best),) = cull()
         assert size == 4 and best == first_best
         assert best_listed() == {names[first_best]}
-        for _ in range(3):  # settled: nothing stale any more (a later clock does not keep it stale)
+        for _ in range(3):  # settled: nothing stale any more
             assert cull() == [(4, first_best)]
     finally:
         db.close()
@@ -409,3 +419,26 @@ def test_pending_keywords_page_through_bursts_and_unmarks(tmp_path: Path) -> Non
         assert every(True) == [p.id for i, p in enumerate(photos) if not i % 2 and i != 4]  # 4 vanished
     finally:
         db.close()
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is the reference reader")
+def test_culling_one_folder_regroups_a_burst_that_spans_two_whole(
+    env: dict[str, str], shoot: tuple[Path, list[Path], list[Path]], tmp_path: Path
+) -> None:
+    """A burst copied into two folders: `musiqd cull FOLDER` regroups it whole, never cuts it in two (the
+    other half would keep a best that is no longer its own, and the keyword would be lost or doubled)."""
+    folder = tmp_path / "shoot"
+    for i, frame in enumerate(shoot[1]):
+        (folder / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(frame, folder / ("a" if i % 2 else "b") / frame.name)
+    index = str(tmp_path / "index.sqlite3")
+    run(["score", str(folder), "--write", "--db", index, "--variant", "fp32"], env)
+    whole = json.loads(run(["cull", str(folder), "--json", "--db", index], env).stdout)
+    part = json.loads(run(["cull", str(folder / "a"), "--json", "--write", "--db", index], env).stdout)
+    assert len(part["photos"]) == len(whole["photos"]) == 5 and part["best"] == whole["best"]
+    marked = [p for p in folder.rglob("*.JPG") if BEST in keywords(p)]
+    assert marked == [Path(whole["best"])]
+    again = json.loads(run(["cull", str(folder / "b"), "--json", "--write", "--db", index], env).stdout)
+    assert (
+        again["best"] == whole["best"] and [p for p in folder.rglob("*.JPG") if BEST in keywords(p)] == marked
+    )

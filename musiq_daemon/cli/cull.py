@@ -49,7 +49,7 @@ def cull(
     from musiq_daemon.cull import group_bursts
     from musiq_daemon.daemon.queue import under_condition
     from musiq_daemon.errors import UsageError
-    from musiq_daemon.index.bursts import load_shots, record_bursts
+    from musiq_daemon.index.bursts import load_shots, record_bursts, with_burst_mates
     from musiq_daemon.index.db import open_index
 
     if gap is not None and gap <= 0:
@@ -77,6 +77,8 @@ def cull(
             shots = load_shots(
                 session, model_id, where=where, progress=progress if sys.stderr.isatty() else None
             )
+            if where is not None:  # a burst reaching beyond the paths is regrouped whole
+                shots = with_burst_mates(session, model_id, shots)
             groups = group_bursts(
                 shots,
                 gap_s=settings.burst_gap if gap is None else gap,
@@ -98,6 +100,13 @@ def cull(
                         "photos": [{"path": str(s.path), "score": s.score} for s in group],
                     }
                 )
+        if write and where is not None:  # the photos there, and the bursts they are in (regrouped whole)
+            from sqlalchemy import or_, select
+
+            from musiq_daemon.index.models import Photo
+
+            touched = select(Photo.burst_id).where(where, Photo.burst_id.is_not(None)).correlate(None)
+            where = or_(where, Photo.burst_id.in_(touched))
         marked = _mark(db, settings, where) if write else None
     finally:
         db.close()

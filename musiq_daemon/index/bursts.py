@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, false, select, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
 from musiq_daemon.errors import MusiqError
-from musiq_daemon.index.models import ADDED, UNMARK, Burst, Photo, Score
+from musiq_daemon.index.models import MARKED, RECHECK, UNMARK, Burst, Photo, Score
 from musiq_daemon.index.paths import decode_path
 
 log = logging.getLogger("musiqd.cull")
@@ -56,24 +56,61 @@ def load_shots(
     return shots
 
 
+def _chunks(ids: Sequence[int], size: int = 500) -> list[Sequence[int]]:
+    """Lists of ids short enough to bind (databases limit the parameters of one statement)."""
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
+
+
+def with_burst_mates(session: Session, model_id: str, shots: Sequence[Shot]) -> list[Shot]:
+    """``shots`` and every present photo that shares a burst with one of them: a burst is always regrouped
+    whole, never cut in two by a folder or a time window (its other part would keep a stale best)."""
+    have = {shot.photo_id for shot in shots}
+    bursts: set[int] = set()
+    for chunk in _chunks(sorted(have)):
+        bursts.update(
+            session.scalars(select(Photo.burst_id).where(Photo.id.in_(chunk), Photo.burst_id.is_not(None)))
+        )
+    out = list(shots)
+    for chunk in _chunks(sorted(bursts)):
+        out += [
+            m
+            for m in load_shots(session, model_id, where=Photo.burst_id.in_(chunk))
+            if m.photo_id not in have
+        ]
+    return out
+
+
+def _release_vanished(session: Session, burst_ids: Sequence[int]) -> None:
+    """The vanished photos of these bursts leave them. One musiqd marked best-of-burst is to be unmarked
+    should it come back, and its features are read again then (it is grouped anew)."""
+    for chunk in _chunks(burst_ids):
+        gone = and_(Photo.burst_id.in_(chunk), Photo.missing_since.is_not(None))
+        session.execute(update(Photo).where(gone, Photo.best_keyword.in_(MARKED)).values(best_keyword=UNMARK))
+        session.execute(update(Photo).where(gone).values(burst_id=None, phash=None))
+
+
 def record_bursts(
-    session: Session, considered: Sequence[Shot], groups: Sequence[Sequence[Shot]], model_id: str
+    session: Session,
+    considered: Sequence[Shot],
+    groups: Sequence[Sequence[Shot]],
+    model_id: str,
+    *,
+    replacing: Sequence[int] = (),
 ) -> list[Burst]:
-    """Replace the bursts of the ``considered`` photos by ``groups`` (bursts of other photos stay). A photo
-    musiqd marked best-of-burst that is no longer a best becomes ``unmark`` (its keyword is to be taken
-    away), one that is the best again ``added``; a new burst's best is to be seen to (``keyword_done``)."""
+    """Replace the bursts of the ``considered`` photos (and the bursts ``replacing``) by ``groups``; callers
+    consider whole bursts (:func:`with_burst_mates`). A photo musiqd marked best-of-burst that is no longer a
+    best becomes ``unmark`` (its keyword is to be taken away), one that is the best again ``recheck``; a new
+    burst's best is to be seen to (``keyword_done`` false)."""
     ids = [shot.photo_id for shot in considered]
-    chunks = [ids[start : start + 500] for start in range(0, len(ids), 500)]
-    old: set[int] = set()
-    for chunk in chunks:
+    old: set[int] = set(replacing)
+    for chunk in _chunks(ids):
         old.update(
             session.scalars(select(Photo.burst_id).where(Photo.id.in_(chunk), Photo.burst_id.is_not(None)))
         )
         session.execute(update(Photo).where(Photo.id.in_(chunk)).values(burst_id=None))
-    emptied = sorted(old)
-    for start in range(0, len(emptied), 500):
-        gone = emptied[start : start + 500]
-        session.execute(delete(Burst).where(Burst.id.in_(gone), ~exists().where(Photo.burst_id == Burst.id)))
+    _release_vanished(session, sorted(old))
+    for chunk in _chunks(sorted(old)):
+        session.execute(delete(Burst).where(Burst.id.in_(chunk), ~exists().where(Photo.burst_id == Burst.id)))
     moment = datetime.now(UTC)
     made = []
     bests: set[int] = set()
@@ -92,27 +129,24 @@ def record_bursts(
         )
         session.add(burst)
         session.flush()
-        session.execute(
-            update(Photo).where(Photo.id.in_([s.photo_id for s in group])).values(burst_id=burst.id)
-        )
+        for chunk in _chunks([s.photo_id for s in group]):
+            session.execute(update(Photo).where(Photo.id.in_(chunk)).values(burst_id=burst.id))
         if best is not None:
             bests.add(best.photo_id)
         made.append(burst)
-    for chunk in chunks:
-        session.execute(
-            update(Photo)
-            .where(Photo.id.in_(chunk), Photo.best_keyword == ADDED, Photo.id.not_in(bests or [-1]))
-            .values(best_keyword=UNMARK)
-        )
-        session.execute(
-            update(Photo)
-            .where(Photo.id.in_(chunk), Photo.best_keyword == UNMARK, Photo.id.in_(bests or [-1]))
-            .values(best_keyword=ADDED)
-        )
+    for chunk in _chunks(ids):
+        others = [i for i in chunk if i not in bests]
+        again = [i for i in chunk if i in bests]
+        if others:
+            marked = and_(Photo.id.in_(others), Photo.best_keyword.in_(MARKED))
+            session.execute(update(Photo).where(marked).values(best_keyword=UNMARK))
+        if again:  # the keyword should still be there: looked at again when the burst is seen to
+            unmarked = and_(Photo.id.in_(again), Photo.best_keyword == UNMARK)
+            session.execute(update(Photo).where(unmarked).values(best_keyword=RECHECK))
     return made
 
 
-#: Seconds around new photos in which `cull_new` regroups (a burst running longer is split at its edge).
+#: Seconds around new photos in which `cull_new` regroups (with the whole bursts they touch).
 WINDOW_S = 120.0
 #: New photos grouped per call (the daemon calls it again while there are more).
 BATCH = 200
@@ -120,10 +154,11 @@ BATCH = 200
 
 def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int) -> tuple[int, list[Burst]]:
     """Group the photos scored since the last call with their neighbours in time (the daemon's culling as
-    photos arrive): reads the features of up to :data:`BATCH` new photos, regroups every photo of the same
-    camera within :data:`WINDOW_S` of them. Then regroups the bursts that went stale: their best photo
-    vanished, or one of them was scored again since the burst was decided (a new model version can change
-    which is best, without changing the file). Returns (photos read or regrouped, bursts made)."""
+    photos arrive): reads the features of up to :data:`BATCH` new photos (new files, new versions, and
+    photos scored again: :func:`~musiq_daemon.index.records.record_results` has them read again, as a new
+    score can change a burst's best), regroups every photo of the same camera within :data:`WINDOW_S` of
+    them with the whole bursts they are in. Then the bursts that lost photos (vanished files) are regrouped
+    from the photos left. Returns (photos read or regrouped, bursts made)."""
     from musiq_daemon.cull import group_bursts
 
     scored = exists().where(Score.photo_id == Photo.id, Score.model_id == model_id, Score.is_latest.is_(True))
@@ -133,7 +168,7 @@ def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int
         )
     )
     if not new_ids:
-        return _regroup_stale(session, model_id, gap_s=gap_s, max_distance=max_distance)
+        return _regroup_depleted(session, model_id, gap_s=gap_s, max_distance=max_distance)
     fresh = load_shots(session, model_id, where=Photo.id.in_(new_ids))
     for shot in fresh:
         if shot.phash is None:  # unreadable: mark it read, or it would come back every time
@@ -141,7 +176,7 @@ def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int
                 update(Photo).where(Photo.id == shot.photo_id).values(phash=0, taken_at_ms=None)
             )  # never grouped: no capture time
     window_ms = round(WINDOW_S * 1000)
-    nearby: dict[int, Shot] = {}
+    nearby: dict[int, Shot] = {shot.photo_id: shot for shot in fresh}
     timed = [s for s in fresh if s.taken_ms is not None]
     for camera in {s.camera for s in timed}:
         times = [s.taken_ms for s in timed if s.camera == camera and s.taken_ms is not None]
@@ -153,48 +188,34 @@ def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int
         )
         for shot in load_shots(session, model_id, where=around):
             nearby[shot.photo_id] = shot
-    considered = list(nearby.values())
+    considered = with_burst_mates(session, model_id, list(nearby.values()))
     groups = group_bursts(considered, gap_s=gap_s, max_distance=max_distance)
     return len(fresh), record_bursts(session, considered, groups, model_id)
 
 
-def _regroup_stale(
+def _regroup_depleted(
     session: Session, model_id: str, *, gap_s: float, max_distance: int
 ) -> tuple[int, list[Burst]]:
-    """:func:`cull_new`'s second part: up to :data:`BATCH` stale bursts, regrouped from their present
-    photos (a burst left with one photo is a burst no more)."""
+    """:func:`cull_new`'s second part: up to :data:`BATCH` bursts with vanished photos (found through the
+    few vanished photos, not by reading every burst), regrouped from the photos left; a burst left with
+    one photo, or none, is a burst no more."""
     from musiq_daemon.cull import group_bursts
 
-    best_gone = exists().where(Photo.id == Burst.best_photo_id, Photo.missing_since.is_not(None))
-    rescored = exists().where(
-        Photo.burst_id == Burst.id,
-        Score.photo_id == Photo.id,
-        Score.model_id == model_id,
-        Score.is_latest.is_(True),
-        Score.scored_at > Burst.decided_at,
+    found = session.scalars(
+        select(Photo.burst_id)
+        .where(Photo.missing_since.is_not(None), Photo.burst_id.is_not(None))
+        .order_by(Photo.burst_id)
+        .limit(BATCH)
     )
-    stale = list(session.scalars(select(Burst.id).where(or_(best_gone, rescored)).limit(BATCH)))
-    if not stale:
+    depleted = sorted({burst for burst in found if burst is not None})
+    if not depleted:
         return 0, []
-    session.execute(
-        update(Photo).where(Photo.burst_id.in_(stale), Photo.missing_since.is_not(None)).values(burst_id=None)
-    )  # gone: no longer part of any burst
-    considered = load_shots(session, model_id, where=Photo.burst_id.in_(stale))
+    _release_vanished(session, depleted)
+    considered = []
+    for chunk in _chunks(depleted):
+        considered += load_shots(session, model_id, where=Photo.burst_id.in_(chunk))
     groups = group_bursts(considered, gap_s=gap_s, max_distance=max_distance)
-    made = record_bursts(session, considered, groups, model_id)
-    # A score stamped later than now (another machine's clock ahead) must not leave the burst stale forever.
-    latest = session.scalar(
-        select(func.max(Score.scored_at)).where(
-            Score.photo_id.in_([s.photo_id for s in considered] or [-1]),
-            Score.model_id == model_id,
-            Score.is_latest.is_(True),
-        )
-    )
-    for burst in made:
-        if latest is not None and latest > burst.decided_at:
-            burst.decided_at = latest
-    session.flush()
-    return len(considered), made
+    return max(len(considered), 1), record_bursts(session, considered, groups, model_id, replacing=depleted)
 
 
 @dataclass(frozen=True)
@@ -216,7 +237,7 @@ def pending_keywords(
 ) -> tuple[list[PendingKeyword], int | None]:
     """The present photos whose ``MUSIQ|best-of-burst`` keyword may have to change, a page at a time, and
     where the next page starts (None after the last). ``best``: the best photo of each burst not yet seen
-    to (``bursts.keyword_done``), in the order of the photos' ids; else the photos musiqd marked that are no
+    to (``bursts.keyword_done``), in the order of the bursts; else the photos musiqd marked that are no
     longer their burst's best (``unmark``, set by :func:`record_bursts`: a better shot joined, or the burst
     came apart). Both through an index: never a pass over every photo or every burst."""
     if best:
@@ -224,8 +245,8 @@ def pending_keywords(
         # the photos, which an "is not missing" condition would make it do.
         todo = (
             select(Burst.id, Burst.best_photo_id)
-            .where(Burst.keyword_done == false(), Burst.best_photo_id > after)
-            .order_by(Burst.best_photo_id)
+            .where(Burst.keyword_done == false(), Burst.best_photo_id.is_not(None), Burst.id > after)
+            .order_by(Burst.id)
             .limit(limit)
             .subquery()
         )
@@ -234,13 +255,13 @@ def pending_keywords(
             Photo.id == todo.c.best_photo_id, Photo.burst_id == todo.c.id, Photo.missing_since.is_(None)
         )
         rows = session.execute(
-            select(Photo, todo.c.id, todo.c.best_photo_id)
+            select(Photo, todo.c.id)
             .select_from(todo)
             .outerjoin(Photo, on if where is None else and_(on, where))
-            .order_by(todo.c.best_photo_id)
+            .order_by(todo.c.id)
         ).all()
-        keep = [PendingKeyword(photo, True, burst_id) for photo, burst_id, _ in rows if photo is not None]
-        return keep, (rows[-1][2] if len(rows) == limit else None)
+        keep = [PendingKeyword(photo, True, burst_id) for photo, burst_id in rows if photo is not None]
+        return keep, (rows[-1][1] if len(rows) == limit else None)
     query = select(Photo).where(Photo.best_keyword == UNMARK, Photo.missing_since.is_(None), Photo.id > after)
     if where is not None:
         query = query.where(where)

@@ -64,9 +64,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-#: photos.best_keyword: musiqd's best-of-burst keyword is there; it is there but the photo is no longer the
-#: best (to be taken away); musiqd took it away; its state is the user's.
-ADDED, UNMARK, REMOVED, USERS = "added", "unmark", "removed", "user"
+#: photos.best_keyword: musiqd's best-of-burst keyword is there; it was, but the file changed since (to be
+#: looked at again); it is there but the photo is no longer the best (to be taken away); musiqd took it
+#: away; its state is the user's.
+ADDED, RECHECK, UNMARK, REMOVED, USERS = "added", "recheck", "unmark", "removed", "user"
+#: The states in which musiqd's keyword is (or was last seen) in the file.
+MARKED = (ADDED, RECHECK, UNMARK)
 
 
 class Base(DeclarativeBase):
@@ -100,8 +103,7 @@ class Photo(Base):
     phash: Mapped[int | None] = mapped_column(BigInteger)
     # No foreign key (see migration 0006): `cull` clears a photo's burst before it deletes the burst.
     burst_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    # What became of the photo's MUSIQ|best-of-burst keyword: "added" (musiqd's is there), "unmark" (there,
-    # to be taken away), "removed" (musiqd took it away), "user" (the user's: left alone), None never decided
+    # What became of the photo's MUSIQ|best-of-burst keyword (ADDED ... USERS above), None never decided
     # (see index.bursts.pending_keywords).
     best_keyword: Mapped[str | None] = mapped_column(String(8), index=True)
 

@@ -12,7 +12,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.errors import MusiqError
-from musiq_daemon.index.models import Photo, Score, WrittenFile
+from musiq_daemon.index.models import ADDED, RECHECK, Photo, Score, WrittenFile
 from musiq_daemon.index.paths import encode_path
 from musiq_daemon.metadata.capture import capture_time
 from musiq_daemon.metadata.content_hash import content_hash_file
@@ -99,6 +99,8 @@ def upsert_photo(
         session.add(photo)
     if (photo.size, photo.mtime_ns) != (st.st_size, st.st_mtime_ns):
         photo.camera = photo.taken_at_ms = photo.phash = None  # another version: `cull` reads it again
+        if photo.best_keyword == ADDED:
+            photo.best_keyword = RECHECK  # another program may have dropped the keyword: look again
     photo.size, photo.mtime_ns, photo.inode = st.st_size, st.st_mtime_ns, st.st_ino
     photo.last_seen, photo.missing_since = seen, None
     if content_hash is not None:
@@ -254,6 +256,8 @@ def record_results(
                 else None
             ),
         )
+    if photo.burst_id is not None:
+        photo.phash = None  # a new score can change the burst's best: the daemon's culling regroups it
     for file in written.files if written is not None else ():
         if file.changed:
             record_written_file(session, files.index(file.path), file.signature)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from musiq_daemon.catalogue import load_catalogue
 from musiq_daemon.index.db import IndexDB
-from musiq_daemon.index.models import ADDED, UNMARK, Burst, Job, Photo, Score
+from musiq_daemon.index.models import MARKED, Burst, Job, Photo, Score
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ def stats(db: IndexDB, *, bins: int = 16) -> IndexStats:
             .where(Photo.burst_id.is_not(None), Photo.missing_since.is_(None))
         )
         marked = session.scalar(
-            select(func.count()).select_from(Photo).where(Photo.best_keyword.in_((ADDED, UNMARK)))
+            select(func.count())
+            .select_from(Photo)
+            .where(Photo.best_keyword.in_(MARKED), Photo.missing_since.is_(None))
         )
         queued: dict[str, dict[str, int]] = {}
         for job_model, job_state, count in session.execute(
