@@ -1029,7 +1029,11 @@ def test_one_watcher_two_workers_one_killed_on_postgresql(
     view = tmp_path / "mnt" / "nas-photos"  # the same share, mounted elsewhere on the helper machine
     view.parent.mkdir()
     view.symlink_to(root, target_is_directory=True)
-    config = write_config(tmp_path / "config.toml", [root], tmp_path / "unused.sqlite3", observer="native")
+    # retries = 1: the kill below may find the doomed worker with a single photo in flight, and with no
+    # retries at all that photo would rightly be failed (a photo alone in flight at a crash is the suspect).
+    config = write_config(
+        tmp_path / "config.toml", [root], tmp_path / "unused.sqlite3", observer="native", retries=1
+    )
     config.write_text(
         config.read_text().replace(f'database = "{tmp_path / "unused.sqlite3"}"', f'database = "{PG_URL}"')
     )
