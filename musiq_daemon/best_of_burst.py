@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import ColumnElement, select, update
@@ -86,10 +87,12 @@ def mark_best_photos(
     where: ColumnElement[bool] | None = None,
     skip: Set[int] = frozenset(),
     max_file_mb: Mapping[str, int] | None = None,
+    settled_before: datetime | None = None,
 ) -> MarkOutcome:
     """Write the keyword changes the bursts call for (of the photos matching ``where``, leaving out the
     photo ids in ``skip``), :data:`~musiq_daemon.index.bursts.BATCH` photos at a time, so that photos
-    left for later never hold up the others."""
+    left for later never hold up the others. ``settled_before``: mark only the bursts decided before then
+    (the daemon waits for a burst to stop changing)."""
     outcome = MarkOutcome()
     if policy.mode == "index-only" or not policy.best_of_burst:
         return outcome
@@ -97,7 +100,9 @@ def mark_best_photos(
         after: int | None = 0
         while after is not None:
             with db.session() as session:
-                page, after = pending_keywords(session, best=best, where=where, after=after, limit=BATCH)
+                page, after = pending_keywords(
+                    session, best=best, where=where, after=after, limit=BATCH, settled_before=settled_before
+                )
                 pending = [
                     _Pending(
                         p.photo.id,

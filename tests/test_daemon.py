@@ -1160,7 +1160,7 @@ def test_the_daemon_groups_bursts_as_photos_arrive(spawn: Callable[..., Daemon],
         with d.db.session() as s:
             return s.scalar(select(Photo.best_keyword).where(Photo.rel_path == best)) == "added"
 
-    wait_until(keyword_written, "the best photo to be marked", timeout=30.0)
+    wait_until(keyword_written, "the best photo to be marked", timeout=60.0)  # once settled: 10 s
     read = ["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(marked)]
     tags = json.loads(subprocess.run(read, capture_output=True, text=True, check=True).stdout)[0]
     tags = tags["HierarchicalSubject"]

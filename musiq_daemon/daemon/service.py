@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -71,6 +71,9 @@ log = logging.getLogger("musiqd")
 HEARTBEAT_S: Final = 5.0  # state row and systemd STATUS
 ROOT_CHECK_S: Final = 10.0  # unmounted shares, dead observers
 CULL_INTERVAL_S: Final = 5.0  # new scored photos grouped into bursts
+# A burst is marked once it has not changed for two rounds: one still being copied in is regrouped every
+# round, and marking each passing best would rewrite photos for nothing.
+BURST_SETTLE_S: Final = 2 * CULL_INTERVAL_S
 SCAN_RETRY_S: Final = 60.0  # a scan that failed (the index busy or unreachable) is tried again after this
 STOP_GRACE_S: Final = 4.0  # workers get this long to finish or requeue their photo
 # An idle worker looks for due jobs (retries, jobs queued by `musiqd notify` or `rescore`) this often: a
@@ -510,8 +513,13 @@ class Service:
                         log.info("burst of %d photos (%s); best: %s", size, camera, where)
                     if read == 0:
                         break
+                settled = datetime.now(UTC) - timedelta(seconds=BURST_SETTLE_S)
                 outcome = mark_best_photos(
-                    self.db, self.config.write, skip=refused, max_file_mb=self.config.max_file_mb
+                    self.db,
+                    self.config.write,
+                    skip=refused,
+                    max_file_mb=self.config.max_file_mb,
+                    settled_before=settled,
                 )
                 refused.update(outcome.refused)
             except Exception as exc:  # the index busy or a photo that cannot be read: the next round retries

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, delete, exists, false, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, false, select, true, update
 from sqlalchemy.orm import Session
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
@@ -234,18 +234,26 @@ def pending_keywords(
     where: ColumnElement[bool] | None = None,
     after: int = 0,
     limit: int = 200,
+    settled_before: datetime | None = None,
 ) -> tuple[list[PendingKeyword], int | None]:
     """The present photos whose ``MUSIQ|best-of-burst`` keyword may have to change, a page at a time, and
     where the next page starts (None after the last). ``best``: the best photo of each burst not yet seen
-    to (``bursts.keyword_done``), in the order of the bursts; else the photos musiqd marked that are no
-    longer their burst's best (``unmark``, set by :func:`record_bursts`: a better shot joined, or the burst
-    came apart). Both through an index: never a pass over every photo or every burst."""
+    to (``bursts.keyword_done``), in the order of the bursts, and with ``settled_before`` only the bursts
+    decided before then (a burst still being copied in is regrouped again and again: marking each passing
+    best would write files for nothing); else the photos musiqd marked that are no longer their burst's
+    best (``unmark``, set by :func:`record_bursts`: a better shot joined, or the burst came apart). Both
+    through an index: never a pass over every photo or every burst."""
     if best:
         # The bursts to do first (a page of them), then their photos: the database must not start from
         # the photos, which an "is not missing" condition would make it do.
         todo = (
             select(Burst.id, Burst.best_photo_id)
-            .where(Burst.keyword_done == false(), Burst.best_photo_id.is_not(None), Burst.id > after)
+            .where(
+                Burst.keyword_done == false(),
+                Burst.best_photo_id.is_not(None),
+                Burst.id > after,
+                Burst.decided_at <= settled_before if settled_before is not None else true(),
+            )
             .order_by(Burst.id)
             .limit(limit)
             .subquery()
