@@ -16,6 +16,7 @@ import pytest
 from imagegen import camera_exif, exiftool, scene
 from PIL import Image, ImageFilter
 from sqlalchemy import select, update
+from test_metadata_write import record as score_record
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, distance, group_bursts, perceptual_hash
 from musiq_daemon.index.db import open_index
@@ -285,7 +286,6 @@ def test_stale_bursts_are_regrouped_when_the_best_vanishes_or_a_rescore_changes_
     """What the daemon does every few seconds (cull_new): a burst whose best photo vanished, or one of
     whose photos was scored again (a new model version, no file change), is regrouped; query lists the
     new best."""
-    from musiq_daemon.api import ScoreRecord
     from musiq_daemon.index.bursts import cull_new
     from musiq_daemon.index.models import Burst
     from musiq_daemon.index.records import record_results
@@ -317,12 +317,10 @@ def test_stale_bursts_are_regrouped_when_the_best_vanishes_or_a_rescore_changes_
             path = Path(photo.root) / photo.rel_path
             # Scored again (a new model version) the way every scoring is recorded; the file is unchanged.
             latest = session.scalars(select(Score).where(Score.photo_id == runner)).one()
-            record = ScoreRecord(
-                score=9.0, raw=9.0, model_id="koniq", model_version="newversion01", variant=latest.variant,
-                model_sha256="0" * 64, scale_min=1.0, scale_max=5.0,
-                resolution_policy=latest.resolution_policy,
-                device="cpu", num_tokens=1, scored_size=(1, 1), stored_size=(1200, 800), source="full",
-                format="JPEG", orientation_applied=False, scored_at=datetime.now(UTC).isoformat(),
+            record = replace(
+                score_record("koniq", 9.0, version="newversion01"),
+                variant=latest.variant, resolution_policy=latest.resolution_policy,
+                stored_size=(1200, 800), scored_at=datetime.now(UTC).isoformat(),
             )  # fmt: skip
             record_results(session, path, [record], None, roots=[Path(photo.root)])
         assert cull() == [(5, runner)]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from imagegen import jpeg_bytes
 from PIL import Image
+from test_metadata_write import record
 
 from musiq_daemon import config, decode
-from musiq_daemon.api import ScoreRecord
 from musiq_daemon.decode import decode_image, read_head
 from musiq_daemon.errors import ConfigError, DecodeError
 from musiq_daemon.metadata.content_hash import content_hash_file
@@ -48,28 +48,6 @@ def state(path: Path) -> tuple[int, int, int, int, bytes]:
     with path.open("rb") as f:
         data = f.read(1 << 20)
     return info.st_ino, info.st_size, info.st_blocks, info.st_mtime_ns, data
-
-
-def record() -> ScoreRecord:
-    return ScoreRecord(
-        score=3.5,
-        raw=62.5,
-        model_id="koniq",
-        model_version="1a2b3c4d5e6f",
-        variant="dynamic-int8",
-        model_sha256="0" * 64,
-        scale_min=1.0,
-        scale_max=5.0,
-        resolution_policy="max_side=1024",
-        device="cpu",
-        num_tokens=512,
-        scored_size=(64, 48),
-        stored_size=(64, 48),
-        source="full",
-        format="JPEG",
-        orientation_applied=False,
-        scored_at="2024-05-01T10:00:00+02:00",
-    )
 
 
 @pytest.fixture

@@ -47,6 +47,22 @@ def _open(config: Config, *, create: bool = False) -> IndexDB:
     return open_index(config.database, create=create)
 
 
+def _scoring(
+    database: str | None,
+    models: list[str] | None,
+    variant: str | None,
+    device: str | None,
+    threads: int | None,
+    workers: int | None,
+    write_mode: str | None,
+) -> dict[str, object]:
+    """The overrides of the scoring options `watch` and `worker` share."""
+    return {
+        "database": database, "models": models or None, "variant": variant, "device": device,
+        "threads": threads, "workers": workers, "write.mode": write_mode,
+    }  # fmt: skip
+
+
 def watch(
     roots: list[Path] = typer.Argument(None, help="Folders to watch (default: roots in the configuration)."),
     config: Path | None = CONFIG_OPTION,
@@ -77,11 +93,9 @@ def watch(
     from musiq_daemon.daemon.service import run_service
     from musiq_daemon.daemon.systemd import configure_logging
 
-    overrides: dict[str, object] = {
-        "database": database, "models": models or None, "variant": variant, "device": device,
-        "threads": threads, "workers": workers, "resolution": resolution, "write.mode": write_mode,
-        "observer": observer, "poll_interval": poll_interval, "quiet_period": quiet_period,
-        "quiet_hours": quiet_hours, "rescan_interval": rescan_interval,
+    overrides = _scoring(database, models, variant, device, threads, workers, write_mode) | {
+        "resolution": resolution, "observer": observer, "poll_interval": poll_interval,
+        "quiet_period": quiet_period, "quiet_hours": quiet_hours, "rescan_interval": rescan_interval,
     }  # fmt: skip
     if roots:
         overrides["roots"] = roots
@@ -115,10 +129,9 @@ def worker(
     from musiq_daemon.daemon.systemd import configure_logging
     from musiq_daemon.paths import PathMap
 
-    overrides: dict[str, object] = {
-        "database": database, "models": models or None, "variant": variant, "device": device,
-        "threads": threads, "workers": workers, "write.mode": write_mode, "path_map": path_map or None,
-    }  # fmt: skip
+    overrides = _scoring(database, models, variant, device, threads, workers, write_mode) | {
+        "path_map": path_map or None
+    }
     loaded = load(config, overrides)
     configure_logging(verbose)
     raise typer.Exit(run_workers(loaded, PathMap.parse(loaded.path_map)))

@@ -274,6 +274,17 @@ def _due(moment: datetime, model_ids: Sequence[str] | None, *, suspects: bool = 
     return condition
 
 
+def _taken(moment: datetime, owner: str | None, lease_s: float) -> dict[str, Any]:
+    """What claiming a job sets: running, one more attempt, leased to ``owner`` for ``lease_s``."""
+    return {
+        "state": "running",
+        "attempts": Job.attempts + 1,
+        "updated_at": moment,
+        "lease_owner": owner,
+        "lease_expires_at": moment + timedelta(seconds=lease_s),
+    }
+
+
 def claim(
     target: IndexDB | Session,
     *,
@@ -304,13 +315,7 @@ def claim(
             taken = session.execute(
                 update(Job)
                 .where(Job.id == candidate.scalar_subquery(), Job.state == "pending")
-                .values(
-                    state="running",
-                    attempts=Job.attempts + 1,
-                    updated_at=moment,
-                    lease_owner=owner,
-                    lease_expires_at=moment + timedelta(seconds=lease_s),
-                )
+                .values(**_taken(moment, owner, lease_s))
                 .returning(Job.id, Job.photo_id, Job.model_id, Job.attempts, Job.interrupted)
                 .execution_options(synchronize_session=False)
             ).first()
@@ -361,13 +366,7 @@ def claim_photo(
         taken = session.execute(
             update(Job)
             .where(Job.id.in_(siblings), Job.state == "pending")
-            .values(
-                state="running",
-                attempts=Job.attempts + 1,
-                updated_at=moment,
-                lease_owner=owner,
-                lease_expires_at=moment + timedelta(seconds=lease_s),
-            )
+            .values(**_taken(moment, owner, lease_s))
             .returning(Job.id, Job.model_id, Job.attempts, Job.interrupted)
             .execution_options(synchronize_session=False)
         ).all()

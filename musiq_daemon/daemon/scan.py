@@ -32,11 +32,11 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Final, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,6 +46,7 @@ from musiq_daemon.daemon.mounts import MountTable
 from musiq_daemon.daemon.queue import adopt_moved, enqueue, follow_sidecars
 from musiq_daemon.discover import PathFilter, walk
 from musiq_daemon.errors import DecodeError
+from musiq_daemon.index.db import in_chunks
 from musiq_daemon.index.models import Job, Photo, WrittenFile
 from musiq_daemon.index.paths import decode_path, encode_path
 from musiq_daemon.index.records import find_photo, now, split_root, upsert_photo
@@ -64,11 +65,6 @@ log = logging.getLogger("musiqd.scan")
 BATCH: Final = 500
 #: Changed files and possible moves per transaction: each takes a few ORM round trips (and maybe a hash).
 SMALL_BATCH: Final = 50
-#: ``IN (...)`` lists stay below every database's bound parameter limit (SQLite: 32766).
-_IN_CHUNK: Final = 500
-
-_T = TypeVar("_T")
-
 Outcome = Literal["unchanged", "own-write", "same-content", "moved", "queued", "gone"]
 
 
@@ -371,9 +367,9 @@ def scan_root(
     result.unchanged, result.returned = len(unchanged), len(returned)
     with db.session() as session:
         seen_at = now()
-        for chunk in _chunks(unchanged):
+        for chunk in in_chunks(unchanged):
             session.execute(update(Photo).where(Photo.id.in_(chunk)).values(last_seen=seen_at))
-        for chunk in _chunks(returned):
+        for chunk in in_chunks(returned):
             session.execute(
                 update(Photo).where(Photo.id.in_(chunk)).values(last_seen=seen_at, missing_since=None)
             )
@@ -392,14 +388,14 @@ def scan_root(
     ]
     with db.session() as session:
         when = now()
-        for chunk in _chunks(gone):
+        for chunk in in_chunks(gone):
             session.execute(update(Photo).where(Photo.id.in_(chunk)).values(missing_since=when))
     result.missing = len(gone)
-    for batch in _chunks(candidates, SMALL_BATCH):
+    for batch in in_chunks(candidates, SMALL_BATCH):
         with db.session() as session:
             for path in batch:
                 _count(result, ingest_file(session, path, roots=roots, models=config.models, hash_new=True))
-    for batch in _chunks(changed, SMALL_BATCH):
+    for batch in in_chunks(changed, SMALL_BATCH):
         with db.session() as session:
             for path in batch:
                 _count(result, ingest_file(session, path, roots=roots, models=config.models), changed=True)
@@ -473,8 +469,3 @@ def _count(result: ScanResult, outcome: Outcome, *, changed: bool = False) -> No
 def _under_any(rel: str, folders: Sequence[str]) -> bool:
     """``rel`` (encode_path form) lies under one of ``folders`` ("" is the root itself)."""
     return any(folder == "" or rel.startswith(encode_path(folder) + "/") for folder in folders)
-
-
-def _chunks(items: Sequence[_T], size: int = _IN_CHUNK) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

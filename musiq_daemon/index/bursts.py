@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from musiq_daemon.cull import Shot, best_of, camera_and_time, perceptual_hash
 from musiq_daemon.errors import MusiqError
+from musiq_daemon.index.db import in_chunks
 from musiq_daemon.index.models import MARKED, RECHECK, UNMARK, Burst, Photo, Score
 from musiq_daemon.index.paths import decode_path
 
@@ -56,22 +57,17 @@ def load_shots(
     return shots
 
 
-def _chunks(ids: Sequence[int], size: int = 500) -> list[Sequence[int]]:
-    """Lists of ids short enough to bind (databases limit the parameters of one statement)."""
-    return [ids[start : start + size] for start in range(0, len(ids), size)]
-
-
 def with_burst_mates(session: Session, model_id: str, shots: Sequence[Shot]) -> list[Shot]:
     """``shots`` and every present photo that shares a burst with one of them: a burst is always regrouped
     whole, never cut in two by a folder or a time window (its other part would keep a stale best)."""
     have = {shot.photo_id for shot in shots}
     bursts: set[int] = set()
-    for chunk in _chunks(sorted(have)):
+    for chunk in in_chunks(sorted(have)):
         bursts.update(
             session.scalars(select(Photo.burst_id).where(Photo.id.in_(chunk), Photo.burst_id.is_not(None)))
         )
     out = list(shots)
-    for chunk in _chunks(sorted(bursts)):
+    for chunk in in_chunks(sorted(bursts)):
         out += [
             m
             for m in load_shots(session, model_id, where=Photo.burst_id.in_(chunk))
@@ -83,7 +79,7 @@ def with_burst_mates(session: Session, model_id: str, shots: Sequence[Shot]) -> 
 def _release_vanished(session: Session, burst_ids: Sequence[int]) -> None:
     """The vanished photos of these bursts leave them. One musiqd marked best-of-burst is to be unmarked
     should it come back, and its features are read again then (it is grouped anew)."""
-    for chunk in _chunks(burst_ids):
+    for chunk in in_chunks(burst_ids):
         gone = and_(Photo.burst_id.in_(chunk), Photo.missing_since.is_not(None))
         session.execute(update(Photo).where(gone, Photo.best_keyword.in_(MARKED)).values(best_keyword=UNMARK))
         session.execute(update(Photo).where(gone).values(burst_id=None, phash=None))
@@ -103,13 +99,13 @@ def record_bursts(
     burst's best is to be seen to (``keyword_done`` false)."""
     ids = [shot.photo_id for shot in considered]
     old: set[int] = set(replacing)
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         old.update(
             session.scalars(select(Photo.burst_id).where(Photo.id.in_(chunk), Photo.burst_id.is_not(None)))
         )
         session.execute(update(Photo).where(Photo.id.in_(chunk)).values(burst_id=None))
     _release_vanished(session, sorted(old))
-    for chunk in _chunks(sorted(old)):
+    for chunk in in_chunks(sorted(old)):
         session.execute(delete(Burst).where(Burst.id.in_(chunk), ~exists().where(Photo.burst_id == Burst.id)))
     moment = datetime.now(UTC)
     made = []
@@ -129,12 +125,12 @@ def record_bursts(
         )
         session.add(burst)
         session.flush()
-        for chunk in _chunks([s.photo_id for s in group]):
+        for chunk in in_chunks([s.photo_id for s in group]):
             session.execute(update(Photo).where(Photo.id.in_(chunk)).values(burst_id=burst.id))
         if best is not None:
             bests.add(best.photo_id)
         made.append(burst)
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         others = [i for i in chunk if i not in bests]
         again = [i for i in chunk if i in bests]
         if others:
@@ -212,7 +208,7 @@ def _regroup_depleted(
         return 0, []
     _release_vanished(session, depleted)
     considered = []
-    for chunk in _chunks(depleted):
+    for chunk in in_chunks(depleted):
         considered += load_shots(session, model_id, where=Photo.burst_id.in_(chunk))
     groups = group_bursts(considered, gap_s=gap_s, max_distance=max_distance)
     return max(len(considered), 1), record_bursts(session, considered, groups, model_id, replacing=depleted)

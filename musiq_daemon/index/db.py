@@ -16,12 +16,12 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
@@ -42,11 +42,13 @@ from musiq_daemon.index.location import (
 
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "IN_CHUNK",
     "SCHEMA_LOCK_KEY",
     "IndexDB",
     "current_revision",
     "default_url",
     "head_revision",
+    "in_chunks",
     "migrations_dir",
     "open_index",
     "schema_lock",
@@ -54,6 +56,18 @@ __all__ = [
     "upgrade",
     "url_for",
 ]
+
+#: Values bound in one ``IN (...)``: databases limit the parameters of a statement (SQLite builds to 999 or
+#: 32766, PostgreSQL through psycopg to 65535).
+IN_CHUNK: Final = 500
+_T = TypeVar("_T")
+
+
+def in_chunks(items: Sequence[_T], size: int = IN_CHUNK) -> Iterator[Sequence[_T]]:
+    """``items`` in slices short enough to bind in one statement."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
 
 #: PostgreSQL's advisory-lock key for creating or upgrading the schema. Advisory keys are one namespace per
 #: database, shared with every other program using it: a 64-bit hash of a fixed string keeps clear of theirs.

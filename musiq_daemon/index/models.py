@@ -100,7 +100,7 @@ class Photo(Base):
     # its sub-seconds (ms since the epoch), a 64-bit perceptual hash (signed, as databases store it).
     camera: Mapped[str | None] = mapped_column(String(200))
     taken_at_ms: Mapped[int | None] = mapped_column(BigInteger)
-    phash: Mapped[int | None] = mapped_column(BigInteger)
+    phash: Mapped[int | None] = mapped_column(BigInteger, index=True)  # the daemon finds NULLs every 5 s
     # No foreign key (see migration 0006): `cull` clears a photo's burst before it deletes the burst.
     burst_id: Mapped[int | None] = mapped_column(Integer, index=True)
     # What became of the photo's MUSIQ|best-of-burst keyword (ADDED ... USERS above), None never decided
