@@ -1119,22 +1119,38 @@ def test_one_watcher_per_root_across_machines_on_postgresql(
     RootLocks.acquire(PG_URL, [root]).release()  # the first one's session ended: free again
 
 
-def test_the_daemon_groups_bursts_as_photos_arrive(spawn: Callable[..., Daemon], tmp_path: Path) -> None:
-    """Photos of a burst copied into a watched root are grouped once scored, without `musiqd cull`."""
+def test_the_daemon_groups_bursts_as_photos_arrive(
+    spawn: Callable[..., Daemon], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Photos of a burst copied into a watched root are grouped once scored, without `musiqd cull`. Copies
+    of them elsewhere, scored into the same index by `musiqd score`, are not the daemon's: never grouped
+    with its photos, never written."""
     from imagegen import camera_exif, scene
     from PIL import Image, ImageFilter
 
     from musiq_daemon.index.models import Burst
 
-    root = tmp_path / "photos"
+    root, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
     root.mkdir()
-    config = write_config(tmp_path / "config.toml", [root], tmp_path / "index.sqlite3", observer="native")
-    d = spawn(tmp_path, config).start()
+    elsewhere.mkdir()
     start = datetime(2024, 5, 1, 10, 0, 1)
     base = Image.fromarray(scene(900, 600, seed=3))
+    frames = [base.filter(ImageFilter.GaussianBlur(r)) if r else base for r in (0, 1, 3, 6)]
+    for i, frame in enumerate(frames):
+        frame.save(
+            elsewhere / f"BURST_{i}.JPG", quality=90, exif=camera_exif(taken=start + timedelta(seconds=i))
+        )
+    index = tmp_path / "index.sqlite3"
+    scored = subprocess.run(
+        [sys.executable, "-m", "musiq_daemon", "score", str(elsewhere), "--write", "--db", str(index)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    untouched = {p: p.read_bytes() for p in elsewhere.iterdir()}
+    config = write_config(tmp_path / "config.toml", [root], index, observer="native")
+    d = spawn(tmp_path, config).start()
     paths = []
-    for i, radius in enumerate((0, 1, 3, 6)):
-        frame = base.filter(ImageFilter.GaussianBlur(radius)) if radius else base
+    for i, frame in enumerate(frames):
         paths.append(root / f"BURST_{i}.JPG")
         frame.save(paths[-1], quality=90, exif=camera_exif(taken=start + timedelta(seconds=i)))
     paths.append(root / "OTHER.JPG")
@@ -1149,16 +1165,19 @@ def test_the_daemon_groups_bursts_as_photos_arrive(spawn: Callable[..., Daemon],
     wait_until(grouped, "the burst to be grouped", timeout=60.0)
     with d.db.session() as s:
         burst = s.scalars(select(Burst)).one()
-        members = set(s.scalars(select(Photo.rel_path).where(Photo.burst_id == burst.id)))
+        members = set(s.scalars(select(Photo.root).where(Photo.burst_id == burst.id)))
+        names = set(s.scalars(select(Photo.rel_path).where(Photo.burst_id == burst.id)))
         best = s.scalar(select(Photo.rel_path).where(Photo.id == burst.best_photo_id))
-    assert members == {f"BURST_{i}.JPG" for i in range(4)} and best in members and burst.size == 4
+        best_id = burst.best_photo_id
+    assert names == {f"BURST_{i}.JPG" for i in range(4)} and best in names and burst.size == 4
+    assert members == {encode_path(root)}  # the copies elsewhere are not the daemon's
 
     # The best gets MUSIQ|best-of-burst (where its score is, embedded) and nothing else is written again.
     marked = root / best
 
     def keyword_written() -> bool:
         with d.db.session() as s:
-            return s.scalar(select(Photo.best_keyword).where(Photo.rel_path == best)) == "added"
+            return s.scalar(select(Photo.best_keyword).where(Photo.id == best_id)) == "added"
 
     wait_until(keyword_written, "the best photo to be marked", timeout=60.0)  # once settled: 10 s
     read = ["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(marked)]
@@ -1169,10 +1188,11 @@ def test_the_daemon_groups_bursts_as_photos_arrive(spawn: Callable[..., Daemon],
     before = {p: p.read_bytes() for p in others}
     time.sleep(3 * QUIET)  # the watcher saw musiqd's own write: no new job, features kept
     with d.db.session() as s:
-        row = s.scalars(select(Photo).where(Photo.rel_path == best)).one()
+        row = s.scalars(select(Photo).where(Photo.id == best_id)).one()
         assert (row.size, row.mtime_ns) == (marked.stat().st_size, marked.stat().st_mtime_ns)
         assert row.phash is not None and row.burst_id == burst.id
         assert s.scalar(select(func.count()).select_from(Job).where(Job.photo_id == row.id)) == 1
     assert {p: p.read_bytes() for p in others} == before
+    assert {p: p.read_bytes() for p in elsewhere.iterdir()} == untouched
     code, _ = d.stop()
     assert code == 0

@@ -74,6 +74,7 @@ CULL_INTERVAL_S: Final = 5.0  # new scored photos grouped into bursts
 # A burst is marked once it has not changed for two rounds: one still being copied in is regrouped every
 # round, and marking each passing best would rewrite photos for nothing.
 BURST_SETTLE_S: Final = 2 * CULL_INTERVAL_S
+ROOTS_REFRESH_S: Final = 600.0  # the culler's condition for "under this daemon's roots", worked out anew
 SCAN_RETRY_S: Final = 60.0  # a scan that failed (the index busy or unreachable) is tried again after this
 STOP_GRACE_S: Final = 4.0  # workers get this long to finish or requeue their photo
 # An idle worker looks for due jobs (retries, jobs queued by `musiqd notify` or `rescore`) this often: a
@@ -486,14 +487,25 @@ class Service:
         burst's best photo with the best-of-burst keyword (and unmark a former best) by the write policy.
         A photo whose keyword cannot be written for a reason only the user can change is not retried until
         the next start."""
+        from sqlalchemy import or_
+
         from musiq_daemon.best_of_burst import mark_best_photos
+        from musiq_daemon.daemon.queue import under_condition
         from musiq_daemon.index.bursts import cull_new
 
         refused: set[int] = set()
+        ours, ours_at, ours_roots = None, 0.0, self.config.roots
         while not self._stop.wait(CULL_INTERVAL_S):
             if self._paused.is_set() or self.config.in_quiet_hours(datetime.now().time()):
                 continue
             try:
+                # Only the photos under this daemon's roots: an index shared with other daemons, or with
+                # `musiqd score` runs on other folders, holds photos that are not this daemon's to write.
+                # (Worked out from the index's roots, again every ROOTS_REFRESH_S: that reads every photo.)
+                roots = self.config.roots  # (a reload may change them)
+                if ours is None or roots != ours_roots or time.monotonic() - ours_at > ROOTS_REFRESH_S:
+                    ours = or_(*(under_condition(self.db, root) for root in roots))
+                    ours_at, ours_roots = time.monotonic(), roots
                 while not self._stop.is_set():
                     with self.db.session() as session:
                         read, bursts = cull_new(
@@ -501,6 +513,7 @@ class Service:
                             self.config.models[0],
                             gap_s=self.config.burst_gap,
                             max_distance=self.config.burst_distance,
+                            where=ours,
                         )
                         found: list[tuple[int, str, str]] = []
                         for burst in bursts:
@@ -517,6 +530,7 @@ class Service:
                 outcome = mark_best_photos(
                     self.db,
                     self.config.write,
+                    where=ours,
                     skip=refused,
                     max_file_mb=self.config.max_file_mb,
                     settled_before=settled,

@@ -148,21 +148,27 @@ WINDOW_S = 120.0
 BATCH = 200
 
 
-def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int) -> tuple[int, list[Burst]]:
+def cull_new(
+    session: Session,
+    model_id: str,
+    *,
+    gap_s: float,
+    max_distance: int,
+    where: ColumnElement[bool] | None = None,
+) -> tuple[int, list[Burst]]:
     """Group the photos scored since the last call with their neighbours in time (the daemon's culling as
     photos arrive): reads the features of up to :data:`BATCH` new photos (new files, new versions, and
     photos scored again: :func:`~musiq_daemon.index.records.record_results` has them read again, as a new
     score can change a burst's best), regroups every photo of the same camera within :data:`WINDOW_S` of
     them with the whole bursts they are in. Then the bursts that lost photos (vanished files) are regrouped
-    from the photos left. Returns (photos read or regrouped, bursts made)."""
+    from the photos left. ``where`` (a condition on Photo): only these photos are read and grouped (the
+    daemon's roots: other photos of a shared index are not its to group). Returns (photos read or
+    regrouped, bursts made)."""
     from musiq_daemon.cull import group_bursts
 
     scored = exists().where(Score.photo_id == Photo.id, Score.model_id == model_id, Score.is_latest.is_(True))
-    new_ids = list(
-        session.scalars(
-            select(Photo.id).where(Photo.phash.is_(None), Photo.missing_since.is_(None), scored).limit(BATCH)
-        )
-    )
+    unread = select(Photo.id).where(Photo.phash.is_(None), Photo.missing_since.is_(None), scored)
+    new_ids = list(session.scalars((unread if where is None else unread.where(where)).limit(BATCH)))
     if not new_ids:
         return _regroup_depleted(session, model_id, gap_s=gap_s, max_distance=max_distance)
     fresh = load_shots(session, model_id, where=Photo.id.in_(new_ids))
@@ -181,6 +187,7 @@ def cull_new(session: Session, model_id: str, *, gap_s: float, max_distance: int
             same_camera,
             Photo.taken_at_ms >= min(times) - window_ms,
             Photo.taken_at_ms <= max(times) + window_ms,
+            where if where is not None else true(),
         )
         for shot in load_shots(session, model_id, where=around):
             nearby[shot.photo_id] = shot
